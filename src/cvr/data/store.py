@@ -1,0 +1,231 @@
+"""EncodedStore: field-local int32 ids and labels per split, memory-mapped, with meta.json.
+
+Layout of a store directory:
+
+    meta.json                 cardinalities, rows, label rates, fingerprint, sha256 of each array
+    {split}.ids.npy           int32 (rows, F), field-local ids (0 = the field's OOV/missing bucket)
+    {split}.labels.npy        float32 (rows, L), one column per label in `meta["labels"]`
+    {split}.oracle.npy        float32 (rows, L), true probabilities (synthetic data only)
+
+A store is written through `StoreWriter` into a temporary directory and renamed into place.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cvr.ops.manifest import ManifestError, atomic_directory, sha256_file, write_json_atomic
+
+FORMAT_VERSION = 1
+SPLITS = ("train", "val", "test")
+_ARRAYS = ("ids", "labels", "oracle")
+_DTYPES = {"ids": np.int32, "labels": np.float32, "oracle": np.float32}
+
+
+class StoreWriter:
+    """Accumulates chunks per split into raw files, then finishes them as .npy + meta.json.
+
+    Appending streams to disk, so peak memory stays at one chunk whatever the input size.
+    """
+
+    def __init__(self, final_path: str | Path, num_fields: int, num_labels: int) -> None:
+        self.final_path = Path(final_path)
+        self.num_fields = num_fields
+        self.num_labels = num_labels
+        self._ctx = atomic_directory(self.final_path)
+        self.tmp = self._ctx.__enter__()
+        self._rows: dict[str, int] = {}
+        self._label_sums: dict[str, np.ndarray] = {}
+        self._handles: dict[tuple[str, str], Any] = {}
+
+    def append(
+        self,
+        split: str,
+        ids: np.ndarray,
+        labels: np.ndarray,
+        oracle: np.ndarray | None = None,
+    ) -> None:
+        """ids int (n, F); labels (n, L) or (n,); oracle like labels or None."""
+        if split not in SPLITS:
+            raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
+        labels = labels.reshape(len(labels), -1)
+        if ids.shape[1:] != (self.num_fields,) or labels.shape[1] != self.num_labels:
+            raise ValueError(
+                f"chunk shapes ids {ids.shape}, labels {labels.shape} do not match "
+                f"{self.num_fields} fields and {self.num_labels} labels"
+            )
+        arrays = {"ids": ids, "labels": labels}
+        if oracle is not None:
+            arrays["oracle"] = oracle.reshape(len(oracle), -1)
+        for name, arr in arrays.items():
+            key = (split, name)
+            if key not in self._handles:
+                self._handles[key] = open(self.tmp / f"{split}.{name}.raw", "wb")
+            np.ascontiguousarray(arr, dtype=_DTYPES[name]).tofile(self._handles[key])
+        self._rows[split] = self._rows.get(split, 0) + len(ids)
+        sums = labels.astype(np.float64).sum(axis=0)
+        self._label_sums[split] = self._label_sums.get(split, 0) + sums
+
+    def _finish_array(self, split: str, name: str, rows: int) -> str:
+        width = {"ids": self.num_fields}.get(name, self.num_labels)
+        raw = self.tmp / f"{split}.{name}.raw"
+        out = self.tmp / f"{split}.{name}.npy"
+        header = np.lib.format.header_data_from_array_1_0(np.empty((0, width), _DTYPES[name]))
+        header["shape"] = (rows, width)
+        with open(out, "wb") as dst:
+            np.lib.format.write_array_header_1_0(dst, header)
+            if raw.exists():
+                with open(raw, "rb") as src:
+                    shutil.copyfileobj(src, dst, 1 << 22)
+        raw.unlink(missing_ok=True)
+        return out.name
+
+    def finish(self, meta: dict[str, Any]) -> EncodedStore:
+        """Write the arrays and meta.json (merged with `meta`) and rename into place."""
+        for fh in self._handles.values():
+            fh.close()
+        try:
+            files = {}
+            splits = {}
+            for split in SPLITS:
+                rows = self._rows.get(split, 0)
+                names = {n for s, n in self._handles if s == split} | {"ids", "labels"}
+                for name in sorted(names):
+                    fname = self._finish_array(split, name, rows)
+                    files[fname] = sha256_file(self.tmp / fname)
+                sums = self._label_sums.get(split, np.zeros(self.num_labels))
+                splits[split] = {
+                    "rows": rows,
+                    "label_rates": [float(s / rows) if rows else None for s in sums],
+                }
+            full_meta = {
+                "format_version": FORMAT_VERSION,
+                "created_unix": time.time(),
+                **meta,
+                "splits": splits,
+                "files": files,
+            }
+            write_json_atomic(self.tmp / "meta.json", full_meta)
+        except BaseException as exc:
+            self._ctx.__exit__(type(exc), exc, exc.__traceback__)
+            raise
+        self._ctx.__exit__(None, None, None)
+        return EncodedStore.open(self.final_path, verify=False)
+
+    def abort(self) -> None:
+        """Discard everything written so far."""
+        for fh in self._handles.values():
+            fh.close()
+        err = RuntimeError("store write aborted")
+        try:
+            self._ctx.__exit__(RuntimeError, err, None)
+        except RuntimeError:
+            pass
+
+
+class EncodedStore:
+    """Read side of a store directory: memory-mapped arrays plus meta.json."""
+
+    def __init__(self, path: Path, meta: dict[str, Any]) -> None:
+        self.path = path
+        self.meta = meta
+
+    @classmethod
+    def open(cls, path: str | Path, verify: bool = True) -> EncodedStore:
+        """Open a store; with `verify`, refuse it if any array's sha256 differs from meta.json."""
+        path = Path(path)
+        meta_path = path / "meta.json"
+        if not meta_path.is_file():
+            raise FileNotFoundError(f"{meta_path}: not an encoded store (meta.json missing)")
+        meta = json.loads(meta_path.read_text())
+        if meta.get("format_version") != FORMAT_VERSION:
+            raise ManifestError(
+                f"{meta_path}: format_version {meta.get('format_version')} != {FORMAT_VERSION}"
+            )
+        for fname, expected in meta["files"].items():
+            fpath = path / fname
+            if not fpath.is_file():
+                raise ManifestError(f"{fpath}: listed in meta.json but missing")
+            if verify and sha256_file(fpath) != expected:
+                raise ManifestError(f"{fpath}: sha256 differs from meta.json (file changed)")
+        return cls(path, meta)
+
+    # --- metadata -------------------------------------------------------------------------
+    @property
+    def fingerprint(self) -> str:
+        return self.meta["fingerprint"]
+
+    @property
+    def cardinalities(self) -> list[int]:
+        return [int(c) for c in self.meta["cardinalities"]]
+
+    @property
+    def field_names(self) -> list[str]:
+        return [f["name"] for f in self.meta["fields"]]
+
+    @property
+    def sides(self) -> list[str]:
+        return [f.get("side", "context") for f in self.meta["fields"]]
+
+    @property
+    def label_names(self) -> list[str]:
+        return list(self.meta["labels"])
+
+    def rows(self, split: str) -> int:
+        return int(self.meta["splits"][split]["rows"])
+
+    # --- arrays ---------------------------------------------------------------------------
+    def _load(self, split: str, name: str) -> np.ndarray | None:
+        fpath = self.path / f"{split}.{name}.npy"
+        if not fpath.is_file():
+            return None
+        return np.load(fpath, mmap_mode="r")
+
+    def ids(self, split: str) -> np.ndarray:
+        """int32 (rows, F), memory-mapped."""
+        return self._load(split, "ids")
+
+    def labels(self, split: str, label: str | None = None) -> np.ndarray:
+        """float32 (rows,) for `label` (default: the first label column), memory-mapped."""
+        col = self._label_column(label)
+        return self._load(split, "labels")[:, col]
+
+    def oracle(self, split: str, label: str | None = None) -> np.ndarray | None:
+        """True probabilities float32 (rows,) where the data are synthetic, else None."""
+        arr = self._load(split, "oracle")
+        return None if arr is None else arr[:, self._label_column(label)]
+
+    def _label_column(self, label: str | None) -> int:
+        names = self.label_names
+        if label is None:
+            return 0
+        if label not in names:
+            raise KeyError(f"label {label!r} not in store {self.path}; it has {names}")
+        return names.index(label)
+
+
+def store_dir(cache_root: str | Path, name: str, fingerprint: str) -> Path:
+    """Where a store with this fingerprint lives under the cache root."""
+    return Path(cache_root) / f"{name}-{fingerprint[:16]}"
+
+
+def open_cached(path: Path, fingerprint: str) -> EncodedStore | None:
+    """The store at `path` if it exists, is intact and has this fingerprint; else None."""
+    if not (path / "meta.json").is_file():
+        return None
+    try:
+        store = EncodedStore.open(path, verify=True)
+    except (ManifestError, ValueError, KeyError, json.JSONDecodeError):
+        return None
+    return store if store.fingerprint == fingerprint else None
+
+
+def field_meta(names: Sequence[str], kinds: Sequence[str], sides: Sequence[str]) -> list[dict]:
+    return [{"name": n, "kind": k, "side": s} for n, k, s in zip(names, kinds, sides, strict=True)]

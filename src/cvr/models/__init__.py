@@ -1,0 +1,1 @@
+"""Embedding tables, interactions and the CTR models built from them."""

@@ -1,0 +1,108 @@
+"""Checksums, fingerprints and atomic writes shared by every artifact that outlives a process.
+
+Artifacts (stores, bundles, indexes, snapshots) are built in a temporary sibling directory and
+renamed into place, so a crash never leaves a half-written artifact under the final name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+_CHUNK = 1 << 20
+
+
+class ManifestError(RuntimeError):
+    """An artifact does not match its manifest; the message names the file and what differs."""
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def fingerprint(*parts: Any) -> str:
+    """sha256 of JSON-serializable parts in canonical form (sorted keys)."""
+    blob = json.dumps(parts, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def atomic_directory(final: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary directory that becomes `final` when the block exits cleanly.
+
+    On an exception the temporary directory is removed and `final` is untouched. If `final`
+    appears meanwhile (a concurrent writer) and `overwrite` is false, the new copy is discarded.
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    tmp.mkdir()
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if final.exists():
+        if not overwrite:
+            shutil.rmtree(tmp, ignore_errors=True)
+            return
+        old = final.with_name(f".{final.name}.old-{uuid.uuid4().hex[:8]}")
+        os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, final)
+
+
+def file_checksums(root: str | os.PathLike, exclude: tuple[str, ...] = ()) -> dict[str, str]:
+    """sha256 of every regular file under `root`, keyed by POSIX relative path."""
+    root = Path(root)
+    out = {}
+    for path in sorted(root.rglob("*")):
+        rel = path.relative_to(root).as_posix()
+        if path.is_file() and rel not in exclude:
+            out[rel] = sha256_file(path)
+    return out
+
+
+def verify_checksums(
+    root: str | os.PathLike, expected: dict[str, str], exclude: tuple[str, ...] = ()
+) -> None:
+    """Raise ManifestError naming each missing, extra or changed file under `root`."""
+    root = Path(root)
+    problems = []
+    present = {
+        p.relative_to(root).as_posix()
+        for p in root.rglob("*")
+        if p.is_file() and p.relative_to(root).as_posix() not in exclude
+    }
+    for rel in sorted(set(expected) - present):
+        problems.append(f"missing file {root / rel}")
+    for rel in sorted(present - set(expected)):
+        problems.append(f"extra file {root / rel} (not in the manifest)")
+    for rel in sorted(present & set(expected)):
+        actual = sha256_file(root / rel)
+        if actual != expected[rel]:
+            problems.append(
+                f"changed file {root / rel}: sha256 {actual[:12]}… expected {expected[rel][:12]}…"
+            )
+    if problems:
+        raise ManifestError("; ".join(problems))

@@ -1,0 +1,228 @@
+"""The training pipeline: config -> store -> model -> Lightning fit/test -> MLflow.
+
+This is the only place that wires config to objects; modules never read global config.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from cvr.data.datamodule import StoreDataModule
+from cvr.data.store import EncodedStore
+from cvr.metrics import binary_metrics
+from cvr.models.module import CTRModule
+from cvr.ops.manifest import fingerprint, write_json_atomic
+from cvr.tracking import mlflow_runs
+
+log = logging.getLogger(__name__)
+
+RUN_INFO = "run_info.json"
+# Keys that do not change what a run computes; excluded from the resume identity.
+_NON_IDENTITY_KEYS = ("resume", "paths", "print_table", "logger")
+
+
+def register_resolvers() -> None:
+    OmegaConf.register_new_resolver("cvr_pid", lambda: os.getpid(), replace=True)
+
+
+class ConfigError(ValueError):
+    """A config value that cannot work; the message names the key and what was expected."""
+
+
+def validate_config(cfg: DictConfig) -> None:
+    """Refuse impossible values before any work starts."""
+    checks = [
+        ("embedding.dim", cfg.embedding.get("dim"), "an integer >= 1"),
+        ("datamodule.batch_size", cfg.datamodule.get("batch_size"), "an integer >= 1"),
+        ("datamodule.eval_batch_size", cfg.datamodule.get("eval_batch_size"), "an integer >= 1"),
+        ("trainer.max_epochs", cfg.trainer.get("max_epochs"), "an integer >= 1"),
+    ]
+    for key, value, expected in checks:
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ConfigError(f"{key}: expected {expected}, got {value!r}")
+    lr = cfg.optimizer.dense.get("lr")
+    if lr is not None and not (isinstance(lr, int | float) and lr > 0):
+        raise ConfigError(f"optimizer.dense.lr: expected a positive number, got {lr!r}")
+
+
+def build_store(cfg: DictConfig) -> EncodedStore:
+    return hydra.utils.instantiate(cfg.data, cache_root=cfg.paths.cache_dir, _convert_="all")
+
+
+def build_model(cfg: DictConfig, cardinalities: list[int]) -> torch.nn.Module:
+    emb_cfg = OmegaConf.to_container(cfg.embedding, resolve=True)
+    dim = emb_cfg.pop("dim")
+    embedding = hydra.utils.instantiate(emb_cfg, _partial_=True)
+    return hydra.utils.instantiate(
+        cfg.model, cardinalities=cardinalities, dim=dim, embedding=embedding
+    )
+
+
+def build_module(cfg: DictConfig, model: torch.nn.Module) -> CTRModule:
+    opt = cfg.optimizer
+    return CTRModule(
+        model,
+        optimizer=hydra.utils.instantiate(opt.dense),
+        sparse_optimizer=hydra.utils.instantiate(opt.sparse) if opt.get("sparse") else None,
+        fused=OmegaConf.to_container(opt.fused, resolve=True) if opt.get("fused") else None,
+    )
+
+
+def build_callbacks(cfg: DictConfig) -> list[L.Callback]:
+    return [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
+
+
+def training_label(cfg: DictConfig, store: EncodedStore) -> str:
+    label = cfg.get("label") or store.meta.get("label") or store.label_names[0]
+    if label not in store.label_names:
+        raise ValueError(
+            f"label: {label!r} is not a label of this dataset; choose from {store.label_names}"
+        )
+    return label
+
+
+def run_identity(cfg: DictConfig) -> str:
+    """Hash of everything that determines the results (not paths, logging or resume)."""
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    for key in _NON_IDENTITY_KEYS:
+        resolved.pop(key, None)
+    return fingerprint(resolved)
+
+
+def find_resume_checkpoint(cfg: DictConfig, identity: str) -> tuple[Path, dict] | None:
+    """The newest last.ckpt of an earlier run with the same identity (or the path given)."""
+    if cfg.resume in (False, None, "false"):
+        return None
+    if cfg.resume is not True:
+        path = Path(str(cfg.resume))
+        ckpt = path / "checkpoints" / "last.ckpt" if path.is_dir() else path
+        if not ckpt.is_file():
+            raise FileNotFoundError(f"resume: no checkpoint at {ckpt}")
+        info_path = ckpt.parent.parent / RUN_INFO
+        return ckpt, json.loads(info_path.read_text()) if info_path.is_file() else {}
+    root = Path(cfg.paths.output_root)
+    candidates = []
+    for info_path in list(root.glob(f"runs/*/{RUN_INFO}")) + list(
+        root.glob(f"multirun/*/*/{RUN_INFO}")
+    ):
+        info = json.loads(info_path.read_text())
+        ckpt = info_path.parent / "checkpoints" / "last.ckpt"
+        if info.get("identity") == identity and ckpt.is_file():
+            candidates.append((ckpt.stat().st_mtime, ckpt, info))
+    if not candidates:
+        log.warning("resume=true: no earlier run of this config with a checkpoint; starting fresh")
+        return None
+    _, ckpt, info = max(candidates, key=lambda c: c[0])
+    return ckpt, info
+
+
+def oracle_metrics(store: EncodedStore, split: str, label: str) -> dict[str, float]:
+    probs = store.oracle(split, label)
+    if probs is None:
+        return {}
+    metrics = binary_metrics(store.labels(split, label), probs)
+    return {f"{split}/oracle_auc": metrics["auc"], f"{split}/oracle_logloss": metrics["logloss"]}
+
+
+def metrics_table(metrics: dict[str, float]) -> str:
+    rows = ["auc", "logloss", "ne", "calibration", "oracle_auc", "oracle_logloss", "auc_gap"]
+    lines = [f"{'metric':<16}{'val':>12}{'test':>12}", "-" * 40]
+    for name in rows:
+        val, test = metrics.get(f"val/{name}"), metrics.get(f"test/{name}")
+        if val is None and test is None:
+            continue
+        cells = "".join(f"{v:>12.5f}" if v is not None else f"{'':>12}" for v in (val, test))
+        lines.append(f"{name:<16}{cells}")
+    return "\n".join(lines)
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Run one training job; returns its final metrics (val/..., test/..., oracle)."""
+    validate_config(cfg)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    torch.use_deterministic_algorithms(False)
+    output_dir = Path(cfg.paths.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+
+    store = build_store(cfg)
+    label = training_label(cfg, store)
+    datamodule = StoreDataModule(store, label=label, seed=cfg.seed, **cfg.datamodule)
+    model = build_model(cfg, store.cardinalities)
+    module = build_module(cfg, model)
+
+    identity = run_identity(cfg)
+    resume = find_resume_checkpoint(cfg, identity)
+    tracking = cfg.logger if cfg.logger.get("enabled") else None
+    run_id = None
+    loggers = []
+    if tracking is not None:
+        run_id = (resume[1].get("mlflow_run_id") if resume else None) or mlflow_runs.start_run(
+            tracking.tracking_uri,
+            tracking.experiment,
+            run_name=f"{cfg.run_name}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}",
+            tags={
+                "git_commit": mlflow_runs.git_commit(cfg.paths.root_dir),
+                "dataset_fingerprint": store.fingerprint,
+                "dataset": store.meta.get("name", ""),
+                "label": label,
+                "output_dir": str(output_dir),
+                **{k: str(v) for k, v in (cfg.get("run_tags") or {}).items()},
+            },
+            artifact_root=tracking.get("artifact_root"),
+            parent_run_id=cfg.get("parent_run_id"),
+        )
+        if resume is None:
+            mlflow_runs.log_config(tracking.tracking_uri, run_id, cfg)
+        from lightning.pytorch.loggers import MLFlowLogger
+
+        loggers.append(MLFlowLogger(tracking_uri=tracking.tracking_uri, run_id=run_id))
+    write_json_atomic(
+        output_dir / RUN_INFO,
+        {"identity": identity, "run_name": cfg.run_name, "mlflow_run_id": run_id},
+    )
+
+    try:
+        trainer = hydra.utils.instantiate(cfg.trainer)(
+            callbacks=build_callbacks(cfg), logger=loggers or False
+        )
+        trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume[0]) if resume else None)
+        metrics = {k: v for k, v in module.last_metrics.items() if k.startswith("val/")}
+        ckpt_cb = trainer.checkpoint_callback
+        best = ckpt_cb.best_model_path if ckpt_cb is not None else ""
+        trainer.test(module, datamodule=datamodule, ckpt_path=best or None, verbose=False)
+        metrics.update(module.last_metrics)
+        metrics.update(oracle_metrics(store, "test", label))
+        if "test/oracle_auc" in metrics:
+            metrics["test/auc_gap"] = metrics["test/oracle_auc"] - metrics["test/auc"]
+        metrics.update(
+            {f"data/skipped_{k}": float(v) for k, v in store.meta.get("skipped", {}).items()}
+        )
+        metrics.update({f"data/rows_{s}": float(store.rows(s)) for s in ("train", "val", "test")})
+        metrics = {k: float(v) for k, v in metrics.items() if np.isscalar(v)}
+        if run_id is not None:
+            mlflow_runs.log_metrics(
+                tracking.tracking_uri, run_id, metrics, step=trainer.global_step
+            )
+            mlflow_runs.end_run(tracking.tracking_uri, run_id, "FINISHED")
+    except BaseException:
+        if run_id is not None:
+            mlflow_runs.end_run(tracking.tracking_uri, run_id, "FAILED")
+        raise
+    write_json_atomic(output_dir / "metrics.json", metrics)
+    if cfg.get("print_table", True):
+        print(f"\n{cfg.run_name}  (output: {output_dir})")
+        print(metrics_table(metrics))
+        if run_id is not None:
+            print(f"MLflow run {run_id}: mlflow ui --backend-store-uri {tracking.tracking_uri}")
+    return metrics

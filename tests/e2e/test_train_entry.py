@@ -1,0 +1,83 @@
+"""The real `python train.py ...` command, end to end, on tiny synthetic data."""
+
+import json
+import math
+
+import mlflow
+import pytest
+
+from tests.helpers import TINY_DATA, compose_train, run_script
+
+FAST = ["trainer.max_epochs=2", "datamodule.batch_size=512", "trainer.enable_progress_bar=false"]
+
+
+def test_train_command_prints_table_and_logs_to_sqlite_mlflow(tmp_path):
+    result = run_script(
+        ["train.py", f"paths.output_root={tmp_path}", "model=ffm", *TINY_DATA, *FAST]
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "oracle_auc" in result.stdout and "logloss" in result.stdout
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    runs = client.search_runs([client.get_experiment_by_name("cvr").experiment_id])
+    assert len(runs) == 1
+    run = runs[0]
+    for name in (
+        "val/auc",
+        "test/auc",
+        "test/logloss",
+        "test/ne",
+        "test/calibration",
+        "test/oracle_auc",
+        "test/oracle_logloss",
+        "train/loss_epoch",
+    ):
+        assert math.isfinite(run.data.metrics[name]), name
+    assert run.data.params["model._target_"] == "cvr.models.ctr.FFM"
+    assert run.data.params["embedding.dim"] == "4"
+    assert run.data.tags["dataset_fingerprint"]
+    assert run.data.tags["git_commit"]
+    artifacts = [a.path for a in client.list_artifacts(run.info.run_id)]
+    assert "config.yaml" in artifacts
+
+
+def test_unknown_group_choice_names_the_valid_options(tmp_path):
+    result = run_script(["train.py", f"paths.output_root={tmp_path}", "model=xgboost"])
+    assert result.returncode != 0
+    assert "model" in result.stderr and "ffm" in result.stderr and "fwfm" in result.stderr
+
+
+def test_unknown_key_is_rejected(tmp_path):
+    result = run_script(["train.py", f"paths.output_root={tmp_path}", "model.wings=2"])
+    assert result.returncode != 0
+    assert "wings" in result.stderr
+
+
+@pytest.mark.parametrize("model", ["lr", "fm", "ffm", "fwfm"])
+def test_every_model_trains_in_process(tmp_path, model):
+    from cvr.pipelines.train import train
+
+    cfg = compose_train(tmp_path, [f"model={model}", "logger=none", *TINY_DATA, *FAST])
+    metrics = train(cfg)
+    assert 0.5 < metrics["test/auc"] <= 1 and math.isfinite(metrics["test/logloss"])
+    assert json.loads((tmp_path / "runs" / "job0" / "metrics.json").read_text()) == metrics
+
+
+def test_same_command_twice_gives_identical_metrics_and_reuses_store(tmp_path):
+    from cvr.pipelines.train import train
+
+    overrides = ["model=ffm", "logger=none", *TINY_DATA, *FAST]
+    first = train(compose_train(tmp_path, overrides))
+    stores = sorted((tmp_path / "cache").iterdir())
+    mtime = (stores[0] / "meta.json").stat().st_mtime_ns
+    second = train(compose_train(tmp_path, overrides))
+    assert sorted((tmp_path / "cache").iterdir()) == stores
+    assert (stores[0] / "meta.json").stat().st_mtime_ns == mtime
+    assert first == second
+
+
+def test_invalid_embedding_dim_is_refused_with_the_key(tmp_path):
+    from cvr.pipelines.train import train
+
+    cfg = compose_train(tmp_path, ["embedding.dim=0", "logger=none", *TINY_DATA, *FAST])
+    with pytest.raises(ValueError, match=r"embedding\.dim"):
+        train(cfg)

@@ -1,0 +1,67 @@
+"""Shared test helpers: compose the real Hydra config, shrunk, and run the real pipeline."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import open_dict
+
+REPO = Path(__file__).resolve().parents[1]
+CONF = REPO / "conf"
+
+TINY_DATA = [
+    "data.rows_train=3000",
+    "data.rows_val=1000",
+    "data.rows_test=1000",
+    "data.num_fields=6",
+    "data.user_fields=2",
+    "data.item_fields=2",
+    "data.total_values=2000",
+]
+
+
+def compose_train(tmp_path: Path, overrides: list[str]):
+    """The resolved train config with outputs under tmp_path, as Hydra would build it."""
+    from cvr.pipelines.train import register_resolvers
+
+    register_resolvers()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(
+            "train",
+            overrides=[f"paths.output_root={tmp_path}", *overrides],
+            return_hydra_config=True,
+        )
+    run_dir = (
+        tmp_path
+        / "runs"
+        / f"job{len(list((tmp_path / 'runs').glob('*'))) if (tmp_path / 'runs').exists() else 0}"
+    )
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(run_dir)
+        cfg.hydra.runtime.cwd = str(REPO)
+        cfg.hydra.job.num = 0
+        cfg.hydra.job.id = "test"
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        del cfg.hydra
+    return cfg
+
+
+def run_script(args: list[str], cwd: Path = REPO, timeout: int = 600, env=None):
+    """Run a repo entry point in a subprocess; returns CompletedProcess (text)."""
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    return subprocess.run(
+        [sys.executable, *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=full_env,
+    )
