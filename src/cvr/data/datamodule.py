@@ -45,6 +45,11 @@ class BlockOrder(Sampler[int]):
         self.seed = seed
         self.shuffle = shuffle
         self.epoch = 0
+        self._skip = 0
+
+    def skip_next(self, batches: int) -> None:
+        """Drop the first `batches` blocks of the next epoch (resuming mid-epoch)."""
+        self._skip = batches
 
     def set_epoch(self, epoch: int) -> None:  # called by Lightning at the start of each epoch
         self.epoch = epoch
@@ -53,10 +58,14 @@ class BlockOrder(Sampler[int]):
         return self.num_blocks
 
     def __iter__(self) -> Iterator[int]:
-        if not self.shuffle:
-            return iter(range(self.num_blocks))
-        rng = np.random.default_rng([self.seed, self.epoch])
-        return iter(rng.permutation(self.num_blocks).tolist())
+        # A generator: the order is drawn at the first batch, after Lightning has set the epoch
+        # (it creates the iterator before calling set_epoch on a resumed run).
+        if self.shuffle:
+            order = np.random.default_rng([self.seed, self.epoch]).permutation(self.num_blocks)
+        else:
+            order = np.arange(self.num_blocks)
+        skip, self._skip = self._skip, 0
+        yield from order[skip:].tolist()
 
 
 class StoreDataModule(L.LightningDataModule):

@@ -59,6 +59,8 @@ class CTRModule(L.LightningModule):
         self._outputs: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
         self._epoch_start = 0.0
         self._epoch_samples = 0
+        self._batches_in_epoch = 0
+        self._resume_skip = 0
         self.best_val_auc = float("-inf")
         self.last_metrics: dict[str, float] = {}
 
@@ -103,13 +105,24 @@ class CTRModule(L.LightningModule):
         return self.model(ids)
 
     # --- training --------------------------------------------------------------------------
+    def on_train_start(self) -> None:
+        self._epoch_start = time.perf_counter()
+        # Resumed from a mid-epoch checkpoint: continue the same epoch's order after the batches
+        # already trained, so the run matches an uninterrupted one.
+        skip, self._resume_skip = self._resume_skip, 0
+        if 0 < skip < self.trainer.num_training_batches:
+            self.trainer.train_dataloader.sampler.skip_next(skip)
+            self._batches_in_epoch = skip
+
     def on_train_epoch_start(self) -> None:
         self._epoch_start = time.perf_counter()
         self._epoch_samples = 0
+        self._batches_in_epoch = 0
 
     def training_step(self, batch, batch_idx):
         ids, labels = batch
         self._epoch_samples += len(ids)
+        self._batches_in_epoch += 1
         if self.fused_trainer is not None:
             loss = torch.tensor(self.fused_trainer.train_batch(ids.numpy(), labels.numpy()))
         else:
@@ -170,10 +183,12 @@ class CTRModule(L.LightningModule):
     # --- checkpoints -----------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["best_val_auc"] = self.best_val_auc
+        checkpoint["batches_in_epoch"] = self._batches_in_epoch
         if self.fused_trainer is not None:
             checkpoint["fused_state"] = self.fused_trainer.state_dict()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.best_val_auc = checkpoint.get("best_val_auc", float("-inf"))
+        self._resume_skip = int(checkpoint.get("batches_in_epoch", 0))
         if self.fused_trainer is not None and "fused_state" in checkpoint:
             self.fused_trainer.load_state_dict(checkpoint["fused_state"])

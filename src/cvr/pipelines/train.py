@@ -24,12 +24,13 @@ from cvr.metrics import binary_metrics
 from cvr.models.module import CTRModule
 from cvr.ops.manifest import fingerprint, write_json_atomic
 from cvr.tracking import mlflow_runs
+from cvr.tracking.sweep import sweep_context
 
 log = logging.getLogger(__name__)
 
 RUN_INFO = "run_info.json"
 # Keys that do not change what a run computes; excluded from the resume identity.
-_NON_IDENTITY_KEYS = ("resume", "paths", "print_table", "logger")
+_NON_IDENTITY_KEYS = ("resume", "paths", "print_table", "logger", "checkpoint_every_n_steps")
 
 
 def register_resolvers() -> None:
@@ -80,7 +81,22 @@ def build_module(cfg: DictConfig, model: torch.nn.Module) -> CTRModule:
 
 
 def build_callbacks(cfg: DictConfig) -> list[L.Callback]:
-    return [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
+    callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
+    every = cfg.get("checkpoint_every_n_steps")
+    if every:
+        # Crash safety on long epochs: last.ckpt is also refreshed every N steps. A separate
+        # callback because Lightning's step and epoch triggers are mutually exclusive.
+        from lightning.pytorch.callbacks import ModelCheckpoint
+
+        callbacks.append(
+            ModelCheckpoint(
+                dirpath=Path(cfg.paths.output_dir) / "checkpoints",
+                every_n_train_steps=int(every),
+                save_top_k=0,
+                save_last=True,
+            )
+        )
+    return callbacks
 
 
 def training_label(cfg: DictConfig, store: EncodedStore) -> str:
@@ -97,7 +113,9 @@ def run_identity(cfg: DictConfig) -> str:
     resolved = OmegaConf.to_container(cfg, resolve=True)
     for key in _NON_IDENTITY_KEYS:
         resolved.pop(key, None)
-    return fingerprint(resolved)
+    # Per-run folders (checkpoint dirpath, trainer root) differ between a run and its resume.
+    text = json.dumps(resolved, sort_keys=True, default=str)
+    return fingerprint(text.replace(str(cfg.paths.output_dir), "<output_dir>"))
 
 
 def find_resume_checkpoint(cfg: DictConfig, identity: str) -> tuple[Path, dict] | None:
@@ -147,82 +165,105 @@ def metrics_table(metrics: dict[str, float]) -> str:
     return "\n".join(lines)
 
 
-def train(cfg: DictConfig) -> dict[str, Any]:
-    """Run one training job; returns its final metrics (val/..., test/..., oracle)."""
+def start_tracking(cfg: DictConfig, output_dir: Path, resume_info: dict | None) -> str | None:
+    """The MLflow run of this job (resumed, or new and a child of a sweep's parent)."""
+    if not cfg.logger.get("enabled"):
+        return None
+    if resume_info and resume_info.get("mlflow_run_id"):
+        return resume_info["mlflow_run_id"]
+    tracking = cfg.logger
+    sweep = sweep_context()
+    run_id = mlflow_runs.start_run(
+        tracking.tracking_uri,
+        tracking.experiment,
+        run_name=f"{cfg.run_name}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}",
+        tags={
+            "git_commit": mlflow_runs.git_commit(cfg.paths.root_dir),
+            "output_dir": str(output_dir),
+            **({"sweep_id": sweep["sweep_id"], "sweep_role": "child"} if sweep else {}),
+        },
+        artifact_root=tracking.get("artifact_root"),
+        parent_run_id=sweep["parent_run_id"] if sweep else None,
+    )
+    mlflow_runs.log_config(tracking.tracking_uri, run_id, cfg)
+    return run_id
+
+
+def fit_and_test(cfg: DictConfig, resume_ckpt: Path | None, run_id: str | None) -> dict:
+    """Build everything from the config, fit, test the best checkpoint; returns metrics."""
     validate_config(cfg)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    torch.use_deterministic_algorithms(False)
-    output_dir = Path(cfg.paths.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-
     store = build_store(cfg)
     label = training_label(cfg, store)
-    datamodule = StoreDataModule(store, label=label, seed=cfg.seed, **cfg.datamodule)
-    model = build_model(cfg, store.cardinalities)
-    module = build_module(cfg, model)
-
-    identity = run_identity(cfg)
-    resume = find_resume_checkpoint(cfg, identity)
-    tracking = cfg.logger if cfg.logger.get("enabled") else None
-    run_id = None
+    tracking = cfg.logger
     loggers = []
-    if tracking is not None:
-        run_id = (resume[1].get("mlflow_run_id") if resume else None) or mlflow_runs.start_run(
+    if run_id is not None:
+        from lightning.pytorch.loggers import MLFlowLogger
+
+        mlflow_runs.set_tags(
             tracking.tracking_uri,
-            tracking.experiment,
-            run_name=f"{cfg.run_name}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}",
-            tags={
-                "git_commit": mlflow_runs.git_commit(cfg.paths.root_dir),
+            run_id,
+            {
                 "dataset_fingerprint": store.fingerprint,
                 "dataset": store.meta.get("name", ""),
                 "label": label,
-                "output_dir": str(output_dir),
-                **{k: str(v) for k, v in (cfg.get("run_tags") or {}).items()},
             },
-            artifact_root=tracking.get("artifact_root"),
-            parent_run_id=cfg.get("parent_run_id"),
         )
-        if resume is None:
-            mlflow_runs.log_config(tracking.tracking_uri, run_id, cfg)
-        from lightning.pytorch.loggers import MLFlowLogger
-
         loggers.append(MLFlowLogger(tracking_uri=tracking.tracking_uri, run_id=run_id))
+    datamodule = StoreDataModule(store, label=label, seed=cfg.seed, **cfg.datamodule)
+    module = build_module(cfg, build_model(cfg, store.cardinalities))
+    trainer = hydra.utils.instantiate(cfg.trainer)(
+        callbacks=build_callbacks(cfg), logger=loggers or False
+    )
+    trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume_ckpt) if resume_ckpt else None)
+    metrics = {k: v for k, v in module.last_metrics.items() if k.startswith("val/")}
+    ckpt_cb = trainer.checkpoint_callback
+    best = ckpt_cb.best_model_path if ckpt_cb is not None else ""
+    trainer.test(module, datamodule=datamodule, ckpt_path=best or None, verbose=False)
+    metrics.update(module.last_metrics)
+    metrics.update(oracle_metrics(store, "test", label))
+    if "test/oracle_auc" in metrics:
+        metrics["test/auc_gap"] = metrics["test/oracle_auc"] - metrics["test/auc"]
+    metrics.update(
+        {f"data/skipped_{k}": float(v) for k, v in store.meta.get("skipped", {}).items()}
+    )
+    metrics.update({f"data/rows_{s}": float(store.rows(s)) for s in ("train", "val", "test")})
+    metrics["train/global_step"] = float(trainer.global_step)
+    return {k: float(v) for k, v in metrics.items() if np.isscalar(v)}
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Run one training job; returns its final metrics (val/..., test/..., oracle)."""
+    output_dir = Path(cfg.paths.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    identity = run_identity(cfg)
+    resume = find_resume_checkpoint(cfg, identity)
+    run_id = start_tracking(cfg, output_dir, resume[1] if resume else None)
     write_json_atomic(
         output_dir / RUN_INFO,
-        {"identity": identity, "run_name": cfg.run_name, "mlflow_run_id": run_id},
+        {
+            "identity": identity,
+            "run_name": cfg.run_name,
+            "mlflow_run_id": run_id,
+            "resumed_from": str(resume[0]) if resume else None,
+        },
     )
-
+    if resume:
+        log.info("resuming from %s", resume[0])
     try:
-        trainer = hydra.utils.instantiate(cfg.trainer)(
-            callbacks=build_callbacks(cfg), logger=loggers or False
-        )
-        trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume[0]) if resume else None)
-        metrics = {k: v for k, v in module.last_metrics.items() if k.startswith("val/")}
-        ckpt_cb = trainer.checkpoint_callback
-        best = ckpt_cb.best_model_path if ckpt_cb is not None else ""
-        trainer.test(module, datamodule=datamodule, ckpt_path=best or None, verbose=False)
-        metrics.update(module.last_metrics)
-        metrics.update(oracle_metrics(store, "test", label))
-        if "test/oracle_auc" in metrics:
-            metrics["test/auc_gap"] = metrics["test/oracle_auc"] - metrics["test/auc"]
-        metrics.update(
-            {f"data/skipped_{k}": float(v) for k, v in store.meta.get("skipped", {}).items()}
-        )
-        metrics.update({f"data/rows_{s}": float(store.rows(s)) for s in ("train", "val", "test")})
-        metrics = {k: float(v) for k, v in metrics.items() if np.isscalar(v)}
+        metrics = fit_and_test(cfg, resume[0] if resume else None, run_id)
         if run_id is not None:
-            mlflow_runs.log_metrics(
-                tracking.tracking_uri, run_id, metrics, step=trainer.global_step
-            )
-            mlflow_runs.end_run(tracking.tracking_uri, run_id, "FINISHED")
+            uri = cfg.logger.tracking_uri
+            mlflow_runs.log_metrics(uri, run_id, metrics, step=int(metrics["train/global_step"]))
+            mlflow_runs.end_run(uri, run_id, "FINISHED")
     except BaseException:
         if run_id is not None:
-            mlflow_runs.end_run(tracking.tracking_uri, run_id, "FAILED")
+            mlflow_runs.end_run(cfg.logger.tracking_uri, run_id, "FAILED")
         raise
     write_json_atomic(output_dir / "metrics.json", metrics)
     if cfg.get("print_table", True):
         print(f"\n{cfg.run_name}  (output: {output_dir})")
         print(metrics_table(metrics))
         if run_id is not None:
-            print(f"MLflow run {run_id}: mlflow ui --backend-store-uri {tracking.tracking_uri}")
+            print(f"MLflow run {run_id}: mlflow ui --backend-store-uri {cfg.logger.tracking_uri}")
     return metrics

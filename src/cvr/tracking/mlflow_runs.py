@@ -112,5 +112,11 @@ def log_metrics(tracking_uri: str, run_id: str, metrics: dict[str, float], step:
         client.log_batch(run_id, metrics=items[start : start + 500])
 
 
+def set_tags(tracking_uri: str, run_id: str, tags: dict[str, str]) -> None:
+    client = MlflowClient(tracking_uri)
+    for key, value in tags.items():
+        client.set_tag(run_id, key, str(value))
+
+
 def end_run(tracking_uri: str, run_id: str, status: str = "FINISHED") -> None:
     MlflowClient(tracking_uri).set_terminated(run_id, status=status)
