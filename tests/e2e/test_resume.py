@@ -1,4 +1,4 @@
-"""Crash safety: SIGKILL mid-epoch, `resume=true`, and the run ends where an uninterrupted one does."""
+"""Crash safety: SIGKILL mid-epoch, `resume=true`, same end as an uninterrupted run."""
 
 import json
 import os
