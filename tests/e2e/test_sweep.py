@@ -1,0 +1,74 @@
+"""`python train.py -m ...`: one MLflow parent run, one child per job, failures recorded."""
+
+import math
+
+import mlflow
+
+from tests.helpers import TINY_DATA, run_script
+
+FAST = [
+    "trainer.max_epochs=1",
+    "datamodule.batch_size=512",
+    "trainer.enable_progress_bar=false",
+    "print_table=false",
+]
+
+
+def runs_of(tmp_path):
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    experiment = client.get_experiment_by_name("cvr")
+    return client.search_runs([experiment.experiment_id])
+
+
+def test_two_by_two_sweep_makes_one_parent_and_four_children(tmp_path):
+    result = run_script(
+        [
+            "train.py",
+            "-m",
+            f"paths.output_root={tmp_path}",
+            "model=fm,ffm",
+            "embedding.dim=2,4",
+            *TINY_DATA,
+            *FAST,
+        ]
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = runs_of(tmp_path)
+    parents = [r for r in runs if r.data.tags.get("sweep_role") == "parent"]
+    children = [r for r in runs if r.data.tags.get("sweep_role") == "child"]
+    assert len(parents) == 1 and len(children) == 4 and len(runs) == 5
+    parent = parents[0]
+    assert parent.info.status == "FINISHED"
+    combos = set()
+    for child in children:
+        assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert child.data.tags["sweep_id"] == parent.data.tags["sweep_id"]
+        assert child.info.status == "FINISHED"
+        for name in ("test/auc", "test/logloss", "test/ne", "test/calibration"):
+            assert math.isfinite(child.data.metrics[name])
+        combos.add((child.data.params["model._target_"], child.data.params["embedding.dim"]))
+    assert len(combos) == 4
+
+
+def test_failed_job_is_marked_and_the_sweep_goes_on(tmp_path):
+    result = run_script(
+        [
+            "train.py",
+            "-m",
+            f"paths.output_root={tmp_path}",
+            "model=fm",
+            "embedding.dim=0,2",
+            *TINY_DATA,
+            *FAST,
+        ]
+    )
+    runs = runs_of(tmp_path)
+    children = {
+        r.data.params.get("embedding.dim"): r
+        for r in runs
+        if r.data.tags.get("sweep_role") == "child"
+    }
+    assert children["0"].info.status == "FAILED"
+    assert children["2"].info.status == "FINISHED"
+    assert "embedding.dim: expected an integer >= 1" in result.stdout + result.stderr
+    assert "sweep finished with failed jobs" in result.stdout + result.stderr
