@@ -40,6 +40,21 @@ def split_sparse_parameters(model: nn.Module) -> tuple[list[nn.Parameter], list[
     return sparse, dense
 
 
+class FusedStepMarker(torch.optim.Optimizer):
+    """Stands in for the optimiser when the fused kernels train.
+
+    The kernels update the touched rows inside `train_batch`; Lightning still needs an optimiser
+    step per batch to count `global_step` (step checkpoints, logging cadence), so this one's
+    `step` only marks that an update happened.
+    """
+
+    def __init__(self, params) -> None:
+        super().__init__(params, {"lr": 0.0})
+
+    def step(self, closure=None):
+        return None
+
+
 class CTRModule(L.LightningModule):
     def __init__(
         self,
@@ -84,7 +99,7 @@ class CTRModule(L.LightningModule):
 
     def configure_optimizers(self):
         if self.fused_trainer is not None:
-            return None
+            return FusedStepMarker([self.model.bias])
         sparse, dense = split_sparse_parameters(self.model)
         if sparse and self.sparse_optimizer_factory is not None:
             optimizers = [self.sparse_optimizer_factory(sparse)]
@@ -125,6 +140,7 @@ class CTRModule(L.LightningModule):
         self._batches_in_epoch += 1
         if self.fused_trainer is not None:
             loss = torch.tensor(self.fused_trainer.train_batch(ids.numpy(), labels.numpy()))
+            self.optimizers().step()
         else:
             optimizers = self.optimizers()
             optimizers = optimizers if isinstance(optimizers, list) else [optimizers]
