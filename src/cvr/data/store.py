@@ -88,11 +88,16 @@ class StoreWriter:
         return out.name
 
     def finish(self, meta: dict[str, Any]) -> EncodedStore:
-        """Write the arrays and meta.json (merged with `meta`) and rename into place."""
+        """Write the arrays and meta.json (merged with `meta`) and rename into place.
+
+        `meta["files"]` may list extra files already written into `self.tmp` ({name: sha256},
+        e.g. the fitted preprocessor); they are kept in meta.json's `files` next to the arrays,
+        so opening the store verifies them too.
+        """
         for fh in self._handles.values():
             fh.close()
         try:
-            files = {}
+            files = dict(meta.get("files", {}))
             splits = {}
             for split in SPLITS:
                 rows = self._rows.get(split, 0)

@@ -9,13 +9,13 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only; no display on servers and CI
-import matplotlib.pyplot as plt
 import mlflow
 import numpy as np
 import pandas as pd
+
+# Figure objects render straight to files: no pyplot state, no display needed, and importing
+# this module leaves the backend of an interactive session (a notebook) alone.
+from matplotlib.figure import Figure
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +95,8 @@ def pareto_front(df: pd.DataFrame, cost: str, quality: str) -> pd.Series:
 def plot_tradeoff(df: pd.DataFrame, cost: str, quality: str, path: str | Path) -> Path:
     """Scatter of quality against cost (log x), one marker per model, the front joined."""
     path = Path(path)
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig = Figure(figsize=(7, 4.5))
+    ax = fig.subplots()
     for (model, embedding), group in df.groupby(["model", "embedding"]):
         ax.scatter(group[cost], group[quality], label=f"{model} / {embedding}", alpha=0.8)
         for _, row in group.iterrows():
@@ -117,7 +118,6 @@ def plot_tradeoff(df: pd.DataFrame, cost: str, quality: str, path: str | Path) -
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
     return path
 
 

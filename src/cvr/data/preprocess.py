@@ -1,0 +1,481 @@
+"""Preprocessor: raw field values -> field-local int32 ids, fitted on the train split only.
+
+Every field has its own id space, and id 0 is that field's OOV-or-missing bucket: a missing
+value, a value unseen in training, and a value seen fewer than `min_count` times all map to 0.
+
+How a field becomes ids (`encoders` in the saved JSON):
+
+- categorical fields: a vocabulary of the train values seen at least `min_count` times, with ids
+  1..n ordered by descending count, then by value (byte order), so a refit gives the same ids.
+- numeric fields turn into categories first, by their rule (`numeric_rule`):
+  - `criteo_log` (the Criteo winners' rule): v > 2 becomes category `L{floor(log(v)^2)}`;
+    v <= 2 keeps its own integer value `V{floor(v)}` (distinct prefixes, so the two kinds never
+    collide); the categories then go through a vocabulary like a categorical field.
+  - `quantile`: `buckets` buckets with boundaries b at the train quantiles (ties merge buckets);
+    bucket k holds (b[k-1], b[k]] (right-closed, so a heavy minimum such as many zeros fills
+    bucket 0); ids are 1 + k, in the order of the values. No vocabulary, no min_count.
+- `hash_buckets`: a field with a bucket count skips the vocabulary: its category string is hashed
+  (64-bit FNV-1a over the UTF-8 bytes, then the splitmix64 finalizer; stable across processes and
+  platforms) into ids 1..buckets. Applies to categorical and criteo_log fields; min_count is unused.
+
+Settings `min_count`, `numeric_rule`, `buckets` and `hash_buckets` take one value for every field
+or a mapping {field name: value} (fields not in the mapping get the default).
+
+Input batches are what `cvr.data.readers` yields: categorical columns as strings, numeric columns
+as float64, named by the field's source column; null is missing.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from cvr.data.errors import DataError
+from cvr.data.readers import parse_numbers
+from cvr.data.schema import Schema, SchemaError
+from cvr.ops.manifest import write_json_atomic
+
+FORMAT_VERSION = 1
+NUMERIC_RULES = ("criteo_log", "quantile")
+_DEFAULTS: dict[str, Any] = {
+    "min_count": 1,
+    "numeric_rule": "criteo_log",
+    "buckets": 10,
+    "hash_buckets": None,
+}
+# Quantile boundaries come from at most this many train values per field (a deterministic
+# stride sample), so fitting needs bounded memory whatever the file size.
+QUANTILE_SAMPLE = 1 << 20
+# Pending (value, count) pairs per field before they are merged by a group-by.
+_COMPACT_AT = 1 << 22
+
+# --- stable hashing --------------------------------------------------------------------------
+
+_FNV_OFFSET = np.uint64(0xCBF29CE484222325)
+_FNV_PRIME = np.uint64(0x100000001B3)
+
+
+def mix64(z: np.ndarray) -> np.ndarray:
+    """splitmix64's finalizer over uint64 (wrapping arithmetic); a bijection that mixes all bits."""
+    z = np.asarray(z, dtype=np.uint64)
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+def stable_hash(strings: pa.Array) -> np.ndarray:
+    """uint64 (n,): mix64(FNV-1a-64(UTF-8 bytes)) of each string (nulls hash like "").
+
+    Vectorized over strings, one numpy step per byte position (category strings are short).
+    """
+    strings = pc.fill_null(strings.cast(pa.large_string()), "")
+    n = len(strings)
+    bufs = strings.buffers()
+    offsets = np.frombuffer(bufs[1], dtype=np.int64)[strings.offset : strings.offset + n + 1]
+    data = np.frombuffer(bufs[2], dtype=np.uint8) if bufs[2] is not None else np.zeros(0, np.uint8)
+    starts = offsets[:-1]
+    lengths = np.diff(offsets)
+    # Longest first, so the strings still being hashed at byte j are a prefix: slices, no masks.
+    order = np.argsort(-lengths, kind="stable")
+    starts, lengths = starts[order], lengths[order]
+    h = np.full(n, _FNV_OFFSET, dtype=np.uint64)
+    active = n
+    for j in range(int(lengths[0]) if n else 0):
+        while active and lengths[active - 1] <= j:
+            active -= 1
+        h[:active] = (h[:active] ^ data[starts[:active] + j]) * _FNV_PRIME
+    out = np.empty(n, dtype=np.uint64)
+    out[order] = mix64(h)
+    return out
+
+
+# --- configuration ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """`data.preprocess`: each setting is one value or a mapping {field name: value}."""
+
+    min_count: int | Mapping[str, int] = 1
+    numeric_rule: str | Mapping[str, str] = "criteo_log"
+    buckets: int | Mapping[str, int] = 10
+    hash_buckets: int | Mapping[str, int] | None = None
+
+    @classmethod
+    def from_dict(cls, cfg: Mapping[str, Any] | None) -> PreprocessConfig:
+        cfg = dict(cfg or {})
+        unknown = sorted(set(cfg) - set(_DEFAULTS))
+        if unknown:
+            raise SchemaError(
+                f"data.preprocess: unknown keys {unknown}; expected some of {sorted(_DEFAULTS)}"
+            )
+        plain = {k: dict(v) if isinstance(v, Mapping) else v for k, v in cfg.items()}
+        return cls(**plain)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def get(self, key: str, name: str) -> Any:
+        """The setting `key` for field `name`."""
+        value = getattr(self, key)
+        if isinstance(value, Mapping):
+            return value.get(name, _DEFAULTS[key])
+        return value
+
+    def check(self, schema: Schema) -> None:
+        """Raise SchemaError naming the config key of the first impossible setting."""
+        names = set(schema.field_names)
+        for key in _DEFAULTS:
+            value = getattr(self, key)
+            if isinstance(value, Mapping) and not set(value) <= names:
+                raise SchemaError(
+                    f"data.preprocess.{key}: unknown fields {sorted(set(value) - names)}"
+                )
+        for f in schema.fields:
+            min_count, rule = self.get("min_count", f.name), self.get("numeric_rule", f.name)
+            buckets, hashed = self.get("buckets", f.name), self.get("hash_buckets", f.name)
+            if not _is_int(min_count) or min_count < 1:
+                raise SchemaError(f"data.preprocess.min_count: expected >= 1, got {min_count!r}")
+            if rule not in NUMERIC_RULES:
+                raise SchemaError(
+                    f"data.preprocess.numeric_rule: expected one of {NUMERIC_RULES}, got {rule!r}"
+                )
+            if not _is_int(buckets) or buckets < 1:
+                raise SchemaError(f"data.preprocess.buckets: expected >= 1, got {buckets!r}")
+            if hashed is not None and (not _is_int(hashed) or hashed < 1):
+                raise SchemaError(
+                    f"data.preprocess.hash_buckets: expected null or >= 1, got {hashed!r}"
+                )
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int | np.integer) and not isinstance(value, bool)
+
+
+# --- per-field encoders ----------------------------------------------------------------------
+
+
+@dataclass
+class FieldEncoder:
+    """How one field becomes ids; `rule` is "vocab", "hash" or "quantile"."""
+
+    name: str
+    source: str
+    kind: str
+    rule: str
+    numeric_rule: str | None = None
+    min_count: int = 1
+    hash_buckets: int | None = None
+    boundaries: list[float] | None = None
+    vocab: list[str] = field(default_factory=list)
+
+    @property
+    def cardinality(self) -> int:
+        """Number of ids including 0."""
+        if self.rule == "hash":
+            return int(self.hash_buckets) + 1
+        if self.rule == "quantile":
+            return len(self.boundaries or []) + 2
+        return len(self.vocab) + 1
+
+
+def _criteo_log(values: np.ndarray) -> pa.Array:
+    """Category strings for float64 values (NaN = missing -> null) by the criteo_log rule."""
+    missing = np.isnan(values)
+    v = np.where(missing, 0.0, values)
+    big = v > 2
+    # Clip so that 2 * floor(v) fits int64: values below -2^61 share one category.
+    small = np.floor(np.maximum(v, -(2.0**61)))
+    code = np.where(big, np.floor(np.log(np.where(big, v, 3.0)) ** 2), small).astype(np.int64)
+    # There are few distinct categories: name each once, then spread the names by index.
+    keys, inverse = np.unique(code * 2 + big, return_inverse=True)
+    names = pa.array([("L" if k & 1 else "V") + str(k >> 1) for k in keys.tolist()], pa.string())
+    return names.take(pa.array(inverse.reshape(-1), type=pa.int64(), mask=missing))
+
+
+def _numbers(col: pa.Array) -> np.ndarray:
+    """float64 (n,) with NaN for null."""
+    return pc.fill_null(col.cast(pa.float64()), np.nan).to_numpy(zero_copy_only=False)
+
+
+class _Sample:
+    """A deterministic stride sample of at most `cap` values (global indices % stride == 0)."""
+
+    def __init__(self, cap: int) -> None:
+        self.cap, self.stride, self.seen = cap, 1, 0
+        self.parts: list[np.ndarray] = []
+        self.size = 0
+
+    def add(self, values: np.ndarray) -> None:
+        kept = values[(self.seen + np.arange(len(values))) % self.stride == 0]
+        self.seen += len(values)
+        self.parts.append(kept)
+        self.size += len(kept)
+        while self.size > self.cap:
+            # Keeping every other kept value is exactly the sample with twice the stride.
+            merged = self.values[::2]
+            self.parts, self.size, self.stride = [merged], len(merged), self.stride * 2
+
+    @property
+    def values(self) -> np.ndarray:
+        return np.concatenate(self.parts) if self.parts else np.zeros(0, dtype=np.float64)
+
+
+class _Counts:
+    """Running value counts of one field, merged in Arrow (no Python loop over values)."""
+
+    def __init__(self) -> None:
+        self.parts: list[pa.Table] = []
+        self.pending = 0
+
+    def add(self, strings: pa.Array) -> None:
+        vc = pc.value_counts(strings.drop_null() if strings.null_count else strings)
+        table = pa.table({"v": vc.field("values").cast(pa.large_string()), "c": vc.field("counts")})
+        self.parts.append(table)
+        self.pending += len(table)
+        if self.pending > _COMPACT_AT:
+            self.parts = [self._merged()]
+            self.pending = len(self.parts[0])
+
+    def _merged(self) -> pa.Table:
+        if not self.parts:
+            return pa.table({"v": pa.array([], pa.large_string()), "c": pa.array([], pa.int64())})
+        table = pa.concat_tables(self.parts)
+        return table.group_by("v").aggregate([("c", "sum")]).rename_columns(["v", "c"])
+
+    def vocab(self, min_count: int) -> list[str]:
+        table = self._merged()
+        table = table.filter(pc.greater_equal(table["c"], min_count))
+        table = table.sort_by([("c", "descending"), ("v", "ascending")])
+        return table["v"].to_pylist()
+
+
+# --- the preprocessor --------------------------------------------------------------------------
+
+
+class Preprocessor:
+    """Fit on train batches, then map any batch to field-local ids (int32, 0 = OOV/missing)."""
+
+    def __init__(self, schema: Schema, config: PreprocessConfig | Mapping | None = None) -> None:
+        self.schema = schema
+        self.config = (
+            config if isinstance(config, PreprocessConfig) else PreprocessConfig.from_dict(config)
+        )
+        self.config.check(schema)
+        self.encoders: list[FieldEncoder] | None = None
+        self._index: dict[int, pd.Index] = {}
+
+    # --- fitting ---------------------------------------------------------------------------
+    def _blank_encoders(self) -> list[FieldEncoder]:
+        out = []
+        for f in self.schema.fields:
+            numeric_rule = self.config.get("numeric_rule", f.name) if f.kind == "numeric" else None
+            hashed = self.config.get("hash_buckets", f.name)
+            if numeric_rule == "quantile":
+                rule = "quantile"
+            else:
+                rule = "hash" if hashed is not None else "vocab"
+            out.append(
+                FieldEncoder(
+                    name=f.name,
+                    source=f.source,
+                    kind=f.kind,
+                    rule=rule,
+                    numeric_rule=numeric_rule,
+                    min_count=int(self.config.get("min_count", f.name)),
+                    hash_buckets=int(hashed) if rule == "hash" else None,
+                )
+            )
+        return out
+
+    def fit(self, batches: Iterable[pa.RecordBatch]) -> Preprocessor:
+        """Fit vocabularies and quantile boundaries on `batches` (the train rows only)."""
+        encoders = self._blank_encoders()
+        counts = {j: _Counts() for j, e in enumerate(encoders) if e.rule == "vocab"}
+        samples = {
+            j: _Sample(QUANTILE_SAMPLE) for j, e in enumerate(encoders) if e.rule == "quantile"
+        }
+        for batch in batches:
+            for j, counter in counts.items():
+                counter.add(self._categories(batch, encoders[j]))
+            for j, sample in samples.items():
+                values = _numbers(_column(batch, encoders[j].source))
+                sample.add(values[~np.isnan(values)])
+        for j, counter in counts.items():
+            encoders[j].vocab = counter.vocab(encoders[j].min_count)
+        for j, sample in samples.items():
+            encoders[j].boundaries = _quantile_boundaries(
+                sample.values, int(self.config.get("buckets", encoders[j].name))
+            )
+        self._set_encoders(encoders)
+        return self
+
+    def _set_encoders(self, encoders: list[FieldEncoder]) -> None:
+        self.encoders = encoders
+        self._index = {
+            j: pd.Index(e.vocab, dtype=object) for j, e in enumerate(encoders) if e.rule == "vocab"
+        }
+
+    @property
+    def fitted(self) -> bool:
+        return self.encoders is not None
+
+    def _require_fitted(self) -> list[FieldEncoder]:
+        if self.encoders is None:
+            raise RuntimeError("Preprocessor is not fitted: call fit() or load() first")
+        return self.encoders
+
+    @property
+    def cardinalities(self) -> list[int]:
+        """Ids per field including 0 (vocabulary size + 1, buckets + 1, ...)."""
+        return [e.cardinality for e in self._require_fitted()]
+
+    # --- transforming ----------------------------------------------------------------------
+    @staticmethod
+    def _categories(batch: pa.RecordBatch | pa.Table, enc: FieldEncoder) -> pa.Array:
+        """Category strings of one field (null = missing)."""
+        col = _column(batch, enc.source)
+        if enc.kind == "numeric":
+            return _criteo_log(_numbers(col))
+        return col.cast(pa.large_string())
+
+    def transform(self, batch: pa.RecordBatch | pa.Table) -> np.ndarray:
+        """int32 (rows, F) field-local ids for a batch with the reader's columns."""
+        encoders = self._require_fitted()
+        out = np.zeros((batch.num_rows, len(encoders)), dtype=np.int32)
+        for j, enc in enumerate(encoders):
+            if enc.rule == "quantile":
+                values = _numbers(_column(batch, enc.source))
+                ids = 1 + np.searchsorted(np.asarray(enc.boundaries), values, side="left")
+                out[:, j] = np.where(np.isnan(values), 0, ids)
+                continue
+            # Encode the distinct values once per batch, then spread their ids to the rows.
+            encoded = pc.dictionary_encode(self._categories(batch, enc))
+            uniques = encoded.dictionary
+            if enc.rule == "hash":
+                unique_ids = 1 + (stable_hash(uniques) % np.uint64(enc.hash_buckets))
+            else:
+                found = self._index[j].get_indexer(uniques.to_numpy(zero_copy_only=False))
+                unique_ids = found + 1  # not found (-1) -> 0
+            unique_ids = np.append(unique_ids.astype(np.int64), 0)  # slot for null (missing)
+            idx = pc.fill_null(encoded.indices, len(uniques)).to_numpy(zero_copy_only=False)
+            out[:, j] = unique_ids[idx]
+        return out
+
+    def transform_records(self, df: pd.DataFrame) -> np.ndarray:
+        """int32 (rows, F) ids for raw values in a DataFrame with one column per field name.
+
+        A missing column means missing values. Categorical columns hold strings or integers;
+        numeric columns hold numbers (or number strings). Anything else raises a DataError that
+        names the field. The result is exactly what `transform` gives the same values.
+        """
+        encoders = self._require_fitted()
+        n = len(df)
+        columns: dict[str, pa.Array] = {}
+        for enc in encoders:
+            if enc.source in columns:
+                continue
+            if enc.name not in df.columns:
+                kind_type = pa.float64() if enc.kind == "numeric" else pa.string()
+                columns[enc.source] = pa.nulls(n, kind_type)
+            elif enc.kind == "numeric":
+                columns[enc.source] = _numeric_records(enc.name, df[enc.name])
+            else:
+                columns[enc.source] = _categorical_records(enc.name, df[enc.name])
+        batch = pa.RecordBatch.from_arrays(list(columns.values()), names=list(columns))
+        return self.transform(batch)
+
+    # --- persistence -----------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format_version": FORMAT_VERSION,
+            # Through JSON, so that the dict equals what load() reads back (tuples -> lists).
+            "schema": json.loads(json.dumps(self.schema.to_dict())),
+            "config": self.config.to_dict(),
+            "encoders": [asdict(e) for e in self._require_fitted()],
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Preprocessor:
+        if data.get("format_version") != FORMAT_VERSION:
+            raise ValueError(
+                f"preprocessor format_version {data.get('format_version')!r} != {FORMAT_VERSION}"
+            )
+        pre = cls(Schema.from_dict(data["schema"]), PreprocessConfig.from_dict(data["config"]))
+        pre._set_encoders([FieldEncoder(**e) for e in data["encoders"]])
+        return pre
+
+    def save(self, path: str | Path) -> None:
+        """Write the fitted preprocessor as JSON (atomically: a temporary file, then rename)."""
+        write_json_atomic(path, self.to_dict())
+
+    @classmethod
+    def load(cls, path: str | Path) -> Preprocessor:
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+
+def _column(batch: pa.RecordBatch | pa.Table, name: str) -> pa.Array:
+    try:
+        col = batch.column(name)
+    except KeyError:
+        raise DataError(f"column {name!r} missing from the batch") from None
+    return col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+
+
+def _quantile_boundaries(values: np.ndarray, buckets: int) -> list[float]:
+    if len(values) == 0 or buckets < 2:
+        return []
+    levels = np.arange(1, buckets) / buckets
+    return np.unique(np.quantile(values, levels)).astype(float).tolist()
+
+
+def _categorical_records(name: str, series: pd.Series) -> pa.Array:
+    """Strings (null = missing) from strings, integers or integral floats."""
+    try:
+        arr = pa.array(series, from_pandas=True)
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        raise DataError(
+            f"field {name!r}: values must be strings or integers, got mixed types"
+        ) from None
+    t = arr.type
+    if pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_null(t):
+        return arr.cast(pa.string())
+    if pa.types.is_integer(t):
+        return arr.cast(pa.string())
+    if pa.types.is_floating(t):
+        values = arr.to_numpy(zero_copy_only=False)
+        finite = values[~np.isnan(values)]
+        if np.all(np.isfinite(finite)) and np.all(finite == np.floor(finite)):
+            return arr.cast(pa.int64()).cast(pa.string())
+    raise DataError(f"field {name!r}: categorical values must be strings or integers, got {t}")
+
+
+def _numeric_records(name: str, series: pd.Series) -> pa.Array:
+    """float64 (null = missing) from numbers or number strings; inf is rejected like in files."""
+    try:
+        arr = pa.array(series, from_pandas=True)
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        raise DataError(f"field {name!r}: values must be numbers, got mixed types") from None
+    t = arr.type
+    if pa.types.is_null(t):
+        return arr.cast(pa.float64())
+    if pa.types.is_string(t) or pa.types.is_large_string(t):
+        values, missing, bad = parse_numbers(arr)
+    elif pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t):
+        values = _numbers(arr)
+        missing = np.isnan(values)
+        bad = np.isinf(values)
+    else:
+        raise DataError(f"field {name!r}: numeric values must be numbers, got {t}")
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise DataError(f"field {name!r}: {arr[i].as_py()!r} is not a number (row {i})")
+    return pa.array(values, type=pa.float64(), mask=missing)
