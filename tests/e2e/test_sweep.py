@@ -44,7 +44,19 @@ def test_two_by_two_sweep_makes_one_parent_and_four_children(tmp_path):
         assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
         assert child.data.tags["sweep_id"] == parent.data.tags["sweep_id"]
         assert child.info.status == "FINISHED"
-        for name in ("test/auc", "test/logloss", "test/ne", "test/calibration"):
+        for name in (
+            "test/auc",
+            "test/logloss",
+            "test/ne",
+            "test/calibration",
+            "eff/params",
+            "eff/embedding_bytes",
+            "eff/checkpoint_bytes",
+            "eff/latency_b1_p50_us",
+            "eff/latency_b1024_p99_us",
+            "eff/throughput_b4096_per_s",
+            "eff/train_samples_per_s",
+        ):
             assert math.isfinite(child.data.metrics[name])
         combos.add((child.data.params["model._target_"], child.data.params["embedding.dim"]))
     assert len(combos) == 4
