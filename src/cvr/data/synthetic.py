@@ -23,12 +23,16 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from cvr.data.preprocess import FORMAT_VERSION as PREPROCESSOR_FORMAT
+from cvr.data.preprocess import PreprocessConfig, Preprocessor
+from cvr.data.schema import FieldSpec, Schema
 from cvr.data.store import EncodedStore, StoreWriter, field_meta, open_cached, store_dir
-from cvr.ops.manifest import fingerprint
+from cvr.ops.manifest import fingerprint, sha256_file
 
 log = logging.getLogger(__name__)
 
-GENERATOR_VERSION = 1
+# 2: stores carry preprocessor.json (raw rank -> store id), so a predictor can serve them.
+GENERATOR_VERSION = 2
 _CHUNK_ROWS = 8192
 _SPLIT_STREAM = {"train": 1, "val": 2, "test": 3}
 
@@ -60,8 +64,8 @@ class SyntheticSpec:
     generator: str = "ffm"  # ground truth: lr | fm | ffm
     k: int = 4
     effect_decay: float = 1.0
-    linear_scale: float = 0.6
-    interaction_scale: float = 0.6
+    linear_scale: float = 0.5
+    interaction_scale: float = 1.0
     positive_rate: float = 0.2
     funnel: bool = False
     conversion_rate: float = 0.1  # P(conversion | click) on average, when funnel
@@ -219,6 +223,38 @@ def _vocabulary_maps(gen: SyntheticGenerator, min_count: int) -> list[np.ndarray
     return maps
 
 
+def synthetic_preprocessor(spec: SyntheticSpec, maps: list[np.ndarray]) -> Preprocessor:
+    """The fitted Preprocessor of a synthetic store: raw values are frequency ranks (as ints or
+    strings) and each field's vocabulary is its kept ranks in rank order, so it maps a rank to
+    the same field-local id as `maps` (unkept or unseen ranks -> 0)."""
+    names, sides = spec.field_names(), spec.field_sides()
+    schema = Schema(
+        fields=tuple(FieldSpec(n, "categorical", s) for n, s in zip(names, sides, strict=True)),
+        labels=tuple(spec.labels),
+        label=spec.labels[0],
+    )
+    min_count = max(spec.min_count, 1)
+    encoders = [
+        {
+            "name": name,
+            "source": name,
+            "kind": "categorical",
+            "rule": "vocab",
+            "min_count": min_count,
+            "vocab": [str(rank) for rank in np.flatnonzero(m).tolist()],
+        }
+        for name, m in zip(names, maps, strict=True)
+    ]
+    return Preprocessor.from_dict(
+        {
+            "format_version": PREPROCESSOR_FORMAT,
+            "schema": schema.to_dict(),
+            "config": PreprocessConfig(min_count=min_count).to_dict(),
+            "encoders": encoders,
+        }
+    )
+
+
 def build_synthetic_store(
     cache_root: str | Path, name: str = "synthetic", progress: bool = True, **spec_kwargs
 ) -> EncodedStore:
@@ -243,6 +279,8 @@ def build_synthetic_store(
                     writer.append(split, local, labels, oracle=probs)
                     bar.update(len(ids))
         names = spec.field_names()
+        pre_path = writer.tmp / "preprocessor.json"
+        synthetic_preprocessor(spec, maps).save(pre_path)
         store = writer.finish(
             {
                 "name": name,
@@ -252,6 +290,7 @@ def build_synthetic_store(
                 "cardinalities": cardinalities,
                 "labels": spec.labels,
                 "skipped": {},
+                "files": {"preprocessor.json": sha256_file(pre_path)},
             }
         )
     except BaseException:

@@ -95,7 +95,23 @@ class CTRModule(L.LightningModule):
             )
             self.model.backend = "autograd"
             return None
-        return FusedTrainer(self.model, **options)
+        try:
+            return FusedTrainer(self.model, **options)
+        except TypeError as err:  # e.g. an embedding variant the kernels don't cover
+            log.warning("model.backend=fused: %s; using autograd", err)
+            self.model.backend = "autograd"
+            return None
+
+    def setup(self, stage: str) -> None:
+        # The kernels are CPU code; on an accelerator the autograd path trains instead.
+        from lightning.pytorch.accelerators import CPUAccelerator
+
+        if self.fused_trainer is not None and not isinstance(
+            self.trainer.accelerator, CPUAccelerator
+        ):
+            log.warning("model.backend=fused runs on CPU only; using autograd on this device")
+            self.fused_trainer = None
+            self.model.backend = "autograd"
 
     def configure_optimizers(self):
         if self.fused_trainer is not None:
