@@ -42,6 +42,12 @@ def test_train_command_prints_table_and_logs_to_sqlite_mlflow(tmp_path):
     assert run.data.tags["git_commit"]
     artifacts = [a.path for a in client.list_artifacts(run.info.run_id)]
     assert "config.yaml" in artifacts
+    # The bundle was logged as a pyfunc model whose signature names the raw fields.
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
+    model = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model")
+    assert "F00" in model.metadata.get_input_schema().input_names()
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    assert (run_dir / "bundle" / "manifest.json").is_file()
 
 
 def test_unknown_group_choice_names_the_valid_options(tmp_path):
@@ -56,11 +62,25 @@ def test_unknown_key_is_rejected(tmp_path):
     assert "wings" in result.stderr
 
 
-@pytest.mark.parametrize("model", ["lr", "fm", "ffm", "fwfm"])
+@pytest.mark.parametrize(
+    "model",
+    [
+        "lr",
+        "fm",
+        "ffm",
+        "fwfm",
+        "fm model.backend=autograd",
+        "ffm model.backend=autograd",
+        "ffm embedding=hashed embedding.buckets=100",  # fused falls back to autograd
+        "fm embedding=qr embedding.threshold=50",
+        "fwfm embedding=mixed_dim",
+    ],
+)
 def test_every_model_trains_in_process(tmp_path, model):
     from cvr.pipelines.train import train
 
-    cfg = compose_train(tmp_path, [f"model={model}", "logger=none", *TINY_DATA, *FAST])
+    name, *backend = model.split()
+    cfg = compose_train(tmp_path, [f"model={name}", *backend, "logger=none", *TINY_DATA, *FAST])
     metrics = train(cfg)
     assert 0.5 < metrics["test/auc"] <= 1 and math.isfinite(metrics["test/logloss"])
     assert json.loads((tmp_path / "runs" / "job0" / "metrics.json").read_text()) == metrics

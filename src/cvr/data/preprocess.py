@@ -97,6 +97,22 @@ def stable_hash(strings: pa.Array) -> np.ndarray:
     return out
 
 
+_MASK64 = (1 << 64) - 1
+
+
+def stable_hash_one(text: str) -> int:
+    """`stable_hash` of one string, in plain Python ints: no array set-up, for single records.
+
+    Equals `int(stable_hash(pa.array([text]))[0])` (a property test holds the two equal).
+    """
+    h = int(_FNV_OFFSET)
+    for byte in text.encode("utf-8"):
+        h = ((h ^ byte) * int(_FNV_PRIME)) & _MASK64
+    h = ((h ^ (h >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    h = ((h ^ (h >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return h ^ (h >> 31)
+
+
 # --- configuration ---------------------------------------------------------------------------
 
 
@@ -187,18 +203,34 @@ class FieldEncoder:
         return len(self.vocab) + 1
 
 
-def _criteo_log(values: np.ndarray) -> pa.Array:
-    """Category strings for float64 values (NaN = missing -> null) by the criteo_log rule."""
-    missing = np.isnan(values)
-    v = np.where(missing, 0.0, values)
+def _criteo_log_keys(values: np.ndarray) -> np.ndarray:
+    """int64 (n,) category key 2 * code + (1 for `L`, 0 for `V`) of float64 values; NaN -> key 0."""
+    v = np.where(np.isnan(values), 0.0, values)
     big = v > 2
     # Clip so that 2 * floor(v) fits int64: values below -2^61 share one category.
     small = np.floor(np.maximum(v, -(2.0**61)))
     code = np.where(big, np.floor(np.log(np.where(big, v, 3.0)) ** 2), small).astype(np.int64)
+    return code * 2 + big
+
+
+def _criteo_log_name(key: int) -> str:
+    """The category string of a `_criteo_log_keys` key."""
+    return ("L" if key & 1 else "V") + str(key >> 1)
+
+
+def _criteo_log(values: np.ndarray) -> pa.Array:
+    """Category strings for float64 values (NaN = missing -> null) by the criteo_log rule."""
+    missing = np.isnan(values)
     # There are few distinct categories: name each once, then spread the names by index.
-    keys, inverse = np.unique(code * 2 + big, return_inverse=True)
-    names = pa.array([("L" if k & 1 else "V") + str(k >> 1) for k in keys.tolist()], pa.string())
+    keys, inverse = np.unique(_criteo_log_keys(values), return_inverse=True)
+    names = pa.array([_criteo_log_name(k) for k in keys.tolist()], pa.string())
     return names.take(pa.array(inverse.reshape(-1), type=pa.int64(), mask=missing))
+
+
+def _quantile_ids(boundaries: list[float] | None, values: np.ndarray) -> np.ndarray:
+    """int64 (n,) quantile-bucket ids of float64 values: 1 + bucket, 0 for NaN (missing)."""
+    ids = 1 + np.searchsorted(np.asarray(boundaries or [], dtype=np.float64), values, side="left")
+    return np.where(np.isnan(values), 0, ids)
 
 
 def _numbers(col: pa.Array) -> np.ndarray:
@@ -272,6 +304,7 @@ class Preprocessor:
         self.config.check(schema)
         self.encoders: list[FieldEncoder] | None = None
         self._index: dict[int, pd.Index] = {}
+        self._record_plan: list[tuple[str, str, str, Any]] | None = None
 
     # --- fitting ---------------------------------------------------------------------------
     def _blank_encoders(self) -> list[FieldEncoder]:
@@ -320,6 +353,7 @@ class Preprocessor:
 
     def _set_encoders(self, encoders: list[FieldEncoder]) -> None:
         self.encoders = encoders
+        self._record_plan = None
         self._index = {
             j: pd.Index(e.vocab, dtype=object) for j, e in enumerate(encoders) if e.rule == "vocab"
         }
@@ -353,9 +387,7 @@ class Preprocessor:
         out = np.zeros((batch.num_rows, len(encoders)), dtype=np.int32)
         for j, enc in enumerate(encoders):
             if enc.rule == "quantile":
-                values = _numbers(_column(batch, enc.source))
-                ids = 1 + np.searchsorted(np.asarray(enc.boundaries), values, side="left")
-                out[:, j] = np.where(np.isnan(values), 0, ids)
+                out[:, j] = _quantile_ids(enc.boundaries, _numbers(_column(batch, enc.source)))
                 continue
             # Encode the distinct values once per batch, then spread their ids to the rows.
             encoded = pc.dictionary_encode(self._categories(batch, enc))
@@ -392,6 +424,67 @@ class Preprocessor:
                 columns[enc.source] = _categorical_records(enc.name, df[enc.name])
         batch = pa.RecordBatch.from_arrays(list(columns.values()), names=list(columns))
         return self.transform(batch)
+
+    # --- one record at a time (serving) ----------------------------------------------------
+    def transform_record(self, record: Mapping[str, Any]) -> np.ndarray:
+        """int32 (F,) ids of one record {field name: raw value}.
+
+        Always what `transform_records` gives a one-row DataFrame of the same values (tested),
+        but the common values are looked up directly, in microseconds instead of the
+        milliseconds of a DataFrame round trip: None, a str or int category, an int or float
+        number. Any other value (number strings, bools, containers, ...) sends the record
+        through `transform_records`, so the rules for odd values and their errors live there.
+        """
+        plan = self._record_plan if self._record_plan is not None else self._build_record_plan()
+        out = np.zeros(len(plan), dtype=np.int32)
+        criteo_log: list[tuple[int, float]] = []  # named together: one vectorized rule call
+        for j, (key, kind, rule, table) in enumerate(plan):
+            value = record.get(key)
+            if value is None:
+                continue  # missing: id 0
+            if kind == "numeric":
+                number = _plain_number(value)
+                if number is None:
+                    return self._transform_record_in_frame(record)
+                if number != number:  # NaN is missing, as in a DataFrame
+                    continue
+                if rule == "quantile":
+                    out[j] = _quantile_ids(table, np.array([number]))[0]
+                else:
+                    criteo_log.append((j, number))
+                continue
+            category = _plain_category(value)
+            if category is None:
+                return self._transform_record_in_frame(record)
+            out[j] = _lookup(rule, table, category)
+        if criteo_log:
+            keys = _criteo_log_keys(np.array([number for _, number in criteo_log]))
+            for (j, _), key in zip(criteo_log, keys.tolist(), strict=True):
+                out[j] = _lookup(plan[j][2], plan[j][3], _criteo_log_name(key))
+        return out
+
+    def _build_record_plan(self) -> list[tuple[str, str, str, Any]]:
+        """Per field: (record key, kind, rule, table); the table is the vocabulary as a dict
+        {category: id}, the hash bucket count, or the quantile boundaries."""
+        first_name: dict[str, str] = {}
+        plan = []
+        for enc in self._require_fitted():
+            # transform_records reads a shared source column under its first field's name.
+            key = first_name.setdefault(enc.source, enc.name)
+            if enc.rule == "vocab":
+                table: Any = {value: i + 1 for i, value in enumerate(enc.vocab)}
+            elif enc.rule == "hash":
+                table = int(enc.hash_buckets)
+            else:
+                table = list(enc.boundaries or [])
+            plan.append((key, enc.kind, enc.rule, table))
+        self._record_plan = plan
+        return plan
+
+    def _transform_record_in_frame(self, record: Mapping[str, Any]) -> np.ndarray:
+        keys = dict.fromkeys(key for key, _, _, _ in self._record_plan or [])
+        frame = pd.DataFrame({key: [record[key]] for key in keys if key in record}, index=[0])
+        return self.transform_records(frame)[0]
 
     # --- persistence -----------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -479,3 +572,44 @@ def _numeric_records(name: str, series: pd.Series) -> pa.Array:
         i = int(np.flatnonzero(bad)[0])
         raise DataError(f"field {name!r}: {arr[i].as_py()!r} is not a number (row {i})")
     return pa.array(values, type=pa.float64(), mask=missing)
+
+
+# Value types the single-record path takes as they are (exact types: bool is not an int here).
+_FLOAT_TYPES = frozenset({float, np.float64, np.float32})
+_INT_TYPES = frozenset(
+    {int, np.int64, np.int32, np.int16, np.int8, np.uint64, np.uint32, np.uint16, np.uint8}
+)
+
+
+def _plain_number(value: Any) -> float | None:
+    """A float (NaN = missing) for an int or float that a DataFrame takes as it is, else None."""
+    kind = type(value)
+    if kind in _FLOAT_TYPES:
+        number = float(value)
+        return None if number in (np.inf, -np.inf) else number
+    if kind in _INT_TYPES and -(2**53) <= value <= 2**53:  # exact in float64
+        return float(value)
+    return None
+
+
+def _plain_category(value: Any) -> str | None:
+    """The category string of a str (valid UTF-8) or int64 value, else None."""
+    kind = type(value)
+    if kind is str:
+        if value.isascii():
+            return value
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return None  # lone surrogates: transform_records names the error
+        return value
+    if kind in _INT_TYPES and -(2**63) <= value < 2**63:
+        return str(int(value))
+    return None
+
+
+def _lookup(rule: str, table: Any, category: str) -> int:
+    """The id of a category string: vocabulary lookup (0 = OOV) or hash bucket."""
+    if rule == "hash":
+        return 1 + stable_hash_one(category) % table
+    return table.get(category, 0)

@@ -84,9 +84,16 @@ def file_checksums(root: str | os.PathLike, exclude: tuple[str, ...] = ()) -> di
 
 
 def verify_checksums(
-    root: str | os.PathLike, expected: dict[str, str], exclude: tuple[str, ...] = ()
+    root: str | os.PathLike,
+    expected: dict[str, str],
+    exclude: tuple[str, ...] = (),
+    sizes: dict[str, int] | None = None,
 ) -> None:
-    """Raise ManifestError naming each missing, extra or changed file under `root`."""
+    """Raise ManifestError naming each missing, extra or changed file under `root`.
+
+    With `sizes` ({path: bytes}), a file whose size differs is reported as truncated (shorter)
+    or grown (longer) before its sha256 is computed.
+    """
     root = Path(root)
     problems = []
     present = {
@@ -99,6 +106,11 @@ def verify_checksums(
     for rel in sorted(present - set(expected)):
         problems.append(f"extra file {root / rel} (not in the manifest)")
     for rel in sorted(present & set(expected)):
+        size, want = (root / rel).stat().st_size, (sizes or {}).get(rel)
+        if want is not None and size != want:
+            how = "truncated" if size < want else "grown"
+            problems.append(f"{how} file {root / rel}: {size} bytes, expected {want}")
+            continue
         actual = sha256_file(root / rel)
         if actual != expected[rel]:
             problems.append(

@@ -30,7 +30,14 @@ log = logging.getLogger(__name__)
 
 RUN_INFO = "run_info.json"
 # Keys that do not change what a run computes; excluded from the resume identity.
-_NON_IDENTITY_KEYS = ("resume", "paths", "print_table", "logger", "checkpoint_every_n_steps")
+_NON_IDENTITY_KEYS = (
+    "resume",
+    "paths",
+    "print_table",
+    "logger",
+    "checkpoint_every_n_steps",
+    "export_bundle",
+)
 
 
 def register_resolvers() -> None:
@@ -229,7 +236,22 @@ def fit_and_test(cfg: DictConfig, resume_ckpt: Path | None, run_id: str | None) 
     )
     metrics.update({f"data/rows_{s}": float(store.rows(s)) for s in ("train", "val", "test")})
     metrics["train/global_step"] = float(trainer.global_step)
-    return {k: float(v) for k, v in metrics.items() if np.isscalar(v)}
+    final = {k: float(v) for k, v in metrics.items() if np.isscalar(v)}
+    if cfg.get("export_bundle", True):
+        from cvr.serving.bundle import export_from_training
+
+        # The module holds the best checkpoint's weights after trainer.test; a resumed run
+        # re-exports into the same folder.
+        export_from_training(
+            module,
+            store,
+            cfg,
+            final,
+            Path(cfg.paths.output_dir) / "bundle",
+            checkpoint=best or None,
+            overwrite=True,
+        )
+    return final
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
@@ -255,6 +277,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         if run_id is not None:
             uri = cfg.logger.tracking_uri
             mlflow_runs.log_metrics(uri, run_id, metrics, step=int(metrics["train/global_step"]))
+            bundle = output_dir / "bundle"
+            if cfg.logger.get("log_model", True) and bundle.is_dir():
+                from cvr.serving.pyfunc import log_pyfunc_model
+
+                log_pyfunc_model(uri, run_id, bundle)
             mlflow_runs.end_run(uri, run_id, "FINISHED")
     except BaseException:
         if run_id is not None:

@@ -1,0 +1,239 @@
+"""Predictor: raw records in, conversion probabilities out, through the training preprocessing.
+
+    predictor = Predictor.load("outputs/bundles/ffm")      # verifies the bundle's checksums
+    predictor.predict({"C1": "68fd1e64", "I1": 3})         # float64 (1,)
+    predictor.predict([record, record, ...])               # float64 (n,)
+    predictor.predict(dataframe)                           # one column per field name
+    predictor.predict("day_0.tsv")                         # a file in the dataset's format
+
+Raw values become ids through the bundle's fitted `Preprocessor` only (`transform_record` for
+dicts, `transform_records` for DataFrames, `transform` for files): there is no second encoding
+here. An unseen category maps to its field's OOV id 0, a missing field or None to the missing id
+0; keys that are not field names are ignored. A value the preprocessing cannot take raises a
+`DataError` that names the field (and the record's position in a list).
+
+Scoring uses the fused numba kernels for FM/FFM models with plain tables (`cvr.kernels`), else
+the model's forward pass under `torch.inference_mode`. The fused kernels reuse scratch buffers:
+use one Predictor per thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import reprlib
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import torch
+
+from cvr.data.errors import DataError
+from cvr.data.readers import open_reader
+from cvr.serving.bundle import Bundle, load_bundle
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("auto", "fused", "torch")
+# What pyarrow and pandas raise for values they cannot convert; turned into DataErrors that name
+# the field, so callers only ever see DataError (a ValueError) for bad input.
+_CONVERSION_ERRORS = (pa.ArrowException, ArithmeticError, TypeError, ValueError)
+_REPR = reprlib.Repr()
+_REPR.maxstring = _REPR.maxother = 60  # values in messages are cut to a readable length
+
+Records = Mapping[str, Any] | Sequence[Mapping[str, Any]] | pd.DataFrame | str | os.PathLike
+
+
+class Predictor:
+    """Scores raw records with a loaded bundle; see the module docstring."""
+
+    def __init__(self, bundle: Bundle, backend: str = "auto") -> None:
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        self.bundle = bundle
+        self.model = bundle.model.eval()
+        self.preprocessor = bundle.preprocessor
+        self.field_names = bundle.schema.field_names
+        self._cardinalities = np.asarray(self.preprocessor.cardinalities, dtype=np.int64)
+        self._fused = None if backend == "torch" else _fused_predictor(self.model)
+        if backend == "fused" and self._fused is None:
+            raise ValueError(
+                f"backend=fused: no fused kernel for {type(self.model).__name__} with "
+                f"{type(getattr(self.model, 'embedding', None)).__name__} tables"
+            )
+        self.backend = "fused" if self._fused is not None else "torch"
+
+    @classmethod
+    def load(cls, bundle_dir: str | Path, verify: bool = True, backend: str = "auto") -> Predictor:
+        """Load and verify a bundle directory (ManifestError if any file differs)."""
+        return cls(load_bundle(bundle_dir, verify=verify), backend=backend)
+
+    # --- scoring --------------------------------------------------------------------------------
+    def predict(self, records: Records) -> np.ndarray:
+        """Probabilities float64 (n,), one per record, in input order (n = 0 gives (0,))."""
+        ids = self.encode(records)
+        probs = self.predict_ids(ids, check=False)
+        if len(probs) != len(ids):  # a guard on the kernels' contract: never a silent mismatch
+            raise RuntimeError(f"scored {len(probs)} rows for {len(ids)} records")
+        return probs
+
+    def predict_ids(self, ids: np.ndarray, check: bool = True) -> np.ndarray:
+        """Probabilities float64 (n,) of field-local ids int (n, F): the model alone."""
+        return _sigmoid(self.logits(ids, check=check))
+
+    def logits(self, ids: np.ndarray, check: bool = True) -> np.ndarray:
+        """Logits float32 (n,) of field-local ids int (n, F); `check` validates shape and range."""
+        ids = np.ascontiguousarray(ids, dtype=np.int32)
+        if check:
+            self._check_ids(ids)
+        if len(ids) == 0:
+            return np.zeros(0, dtype=np.float32)
+        if self._fused is not None:
+            return self._fused.logits(ids)
+        with torch.inference_mode():
+            return self.model(torch.from_numpy(ids)).numpy()
+
+    def _check_ids(self, ids: np.ndarray) -> None:
+        if ids.ndim != 2 or ids.shape[1] != len(self._cardinalities):
+            expected = f"(n, {len(self._cardinalities)})"
+            raise ValueError(f"ids: expected shape {expected}, got {ids.shape}")
+        bad = (ids < 0) | (ids >= self._cardinalities)
+        if bad.any():
+            row, col = np.argwhere(bad)[0]
+            raise ValueError(
+                f"ids: field {self.field_names[col]!r} has id {ids[row, col]} in row {row}, "
+                f"outside [0, {self._cardinalities[col]})"
+            )
+
+    # --- encoding -------------------------------------------------------------------------------
+    def encode(self, records: Records) -> np.ndarray:
+        """Field-local ids int32 (n, F) of raw records (any input `predict` takes)."""
+        if isinstance(records, pd.DataFrame):
+            return self._encode_frame(records)
+        if isinstance(records, str | os.PathLike):
+            return self._encode_file(Path(records))
+        if isinstance(records, Mapping):
+            return self._encode_dicts([records], numbered=False)
+        if isinstance(records, list | tuple):
+            return self._encode_dicts(records, numbered=True)
+        raise DataError(
+            "records: expected a dict, a list of dicts, a DataFrame or a file path, got "
+            f"{type(records).__name__}"
+        )
+
+    def _encode_dicts(self, records: Sequence[Any], numbered: bool) -> np.ndarray:
+        out = np.empty((len(records), len(self.field_names)), dtype=np.int32)
+        for i, record in enumerate(records):
+            where = f"record {i}: " if numbered else ""
+            if not isinstance(record, Mapping):
+                raise DataError(
+                    f"{where}expected a dict of field name -> value, got {type(record).__name__}"
+                )
+            try:
+                out[i] = self.preprocessor.transform_record(record)
+            except DataError as exc:
+                raise DataError(f"{where}{exc}") from None
+            except _CONVERSION_ERRORS as exc:
+                error = _field_error(exc, record, self.field_names, self._encode_one_value)
+                raise DataError(f"{where}{error}") from None
+        return out
+
+    def _encode_frame(self, frame: pd.DataFrame) -> np.ndarray:
+        if len(frame) == 0:
+            return np.zeros((0, len(self.field_names)), dtype=np.int32)
+        duplicated = sorted({str(c) for c in frame.columns[frame.columns.duplicated()]})
+        if duplicated:
+            raise DataError(f"records: duplicate columns {duplicated}")
+        try:
+            return self.preprocessor.transform_records(frame)
+        except DataError:
+            raise
+        except _CONVERSION_ERRORS as exc:
+            columns = {name: frame[name] for name in self.field_names if name in frame.columns}
+            raise _field_error(exc, columns, self.field_names, self._encode_one_column) from None
+
+    def _encode_one_value(self, name: str, value: Any) -> np.ndarray:
+        return self.preprocessor.transform_record({name: value})
+
+    def _encode_one_column(self, name: str, column: pd.Series) -> np.ndarray:
+        return self.preprocessor.transform_records(column.to_frame(name))
+
+    def _encode_file(self, path: Path) -> np.ndarray:
+        """Ids of every row of a file read by the dataset's reader (labels are read, unused)."""
+        reader = self.bundle.reader
+        rows = open_reader(
+            reader["format"], path, self.bundle.schema, on_error="raise", **reader["options"]
+        )
+        parts = [self.preprocessor.transform(batch) for batch in rows]
+        return np.concatenate(parts) if parts else np.zeros((0, len(self.field_names)), np.int32)
+
+    # --- examples -------------------------------------------------------------------------------
+    def example_records(self, n: int = 3, seed: int = 0) -> list[dict[str, Any]]:
+        """n raw records drawn from the fitted encoders (for input examples and benchmarks).
+
+        Categories come from each field's vocabulary (the most frequent 1000), hashed fields get
+        made-up strings, numbers are log-normal integers; about one value in ten is missing.
+        """
+        rng = np.random.default_rng(seed)
+        out: list[dict[str, Any]] = [{} for _ in range(n)]
+        for enc in self.preprocessor.encoders or []:
+            for record in out:
+                if rng.random() < 0.1:
+                    record[enc.name] = None
+                elif enc.kind == "numeric":
+                    record[enc.name] = float(np.floor(rng.lognormal(1.0, 2.0)))
+                elif enc.vocab:
+                    record[enc.name] = enc.vocab[int(rng.integers(min(len(enc.vocab), 1000)))]
+                else:
+                    record[enc.name] = f"v{int(rng.integers(1 << 20)):x}"
+        return out
+
+
+def _fused_predictor(model: torch.nn.Module):
+    """The fused kernel predictor of an FM/FFM with plain tables, or None."""
+    from cvr.kernels import fused_available, predictor
+    from cvr.models.ctr import FFM, FM
+
+    if not isinstance(model, FM | FFM):
+        return None
+    ok, reason = fused_available()
+    if not ok:
+        log.warning("fused kernels unavailable (%s); scoring with torch", reason)
+        return None
+    try:
+        return predictor(model)
+    except TypeError as exc:  # embedding variants other than the plain table
+        log.info("no fused kernel (%s); scoring with torch", exc)
+        return None
+
+
+def _field_error(
+    exc: Exception,
+    values: Mapping[str, Any],
+    field_names: Sequence[str],
+    encode_field: Callable[[str, Any], Any],
+) -> DataError:
+    """A DataError naming the first field whose values alone reproduce a conversion error."""
+    for name in field_names:
+        if name not in values:
+            continue
+        try:
+            encode_field(name, values[name])
+        except DataError as field_exc:
+            return DataError(str(field_exc))
+        except _CONVERSION_ERRORS as field_exc:
+            return DataError(
+                f"field {name!r}: cannot encode {_REPR.repr(values[name])} "
+                f"({type(field_exc).__name__}: {field_exc})"
+            )
+    return DataError(f"records: cannot encode ({type(exc).__name__}: {exc})")
+
+
+def _sigmoid(logits: np.ndarray) -> np.ndarray:
+    """float64 logistic of float logits, without overflow for any finite or infinite input."""
+    z = np.asarray(logits, dtype=np.float64)
+    e = np.exp(-np.abs(z))
+    return np.where(z >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
