@@ -1,0 +1,298 @@
+"""FFM training: fused numba kernels vs autograd FFM vs pytorch-fm, one run, Criteo shape.
+
+    .venv/bin/python scripts/bench_train.py [--quick] [--out bench_train.json]
+
+Data: `cvr.data.synthetic` rows (39 fields, ~800k values, Zipf frequencies, labels drawn from a
+ground-truth FFM, so the oracle AUC/logloss of the validation rows is known), generated once and
+handed to every system. Each system trains in its own subprocess, so its peak RSS is its own:
+
+| system      | what                                                                         |
+|-------------|------------------------------------------------------------------------------|
+| fused-1t    | `cvr.kernels.FusedTrainer`, AdaGrad per example, one thread, deterministic   |
+| fused-2t    | the same, two threads, Hogwild                                                |
+| autograd    | `cvr.models.ctr.FFM`, sparse embedding, torch.optim.Adagrad, batch 4096      |
+| pytorch-fm  | torchfm FieldAwareFactorizationMachineModel, Adam, batch 4096 (if installed) |
+
+All train `--epochs` epochs. The two slow baselines see only the first `--baseline-rows` rows
+per epoch (their speed is per row; training them on everything would take the whole run), so
+their quality figures are for less data: the table says how many rows each system saw.
+Samples/s is the median over epochs after the first (all epochs if there is one), with the
+min..max spread. torch uses `--threads` intra-op threads. pytorch-fm is a benchmark-only peer:
+`pip install torchfm` into the venv; it is never a project dependency.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from cvr.metrics import binary_metrics
+
+SYSTEMS = ("fused-1t", "fused-2t", "autograd", "pytorch-fm")
+
+
+# --- data -----------------------------------------------------------------------------------
+def make_data(path: Path, rows_train: int, rows_val: int, seed: int) -> dict[str, Any]:
+    """Generate Criteo-shape rows into an .npz at `path`; returns a summary."""
+    from cvr.data.synthetic import SyntheticGenerator, SyntheticSpec
+
+    spec = SyntheticSpec(rows_train=rows_train, rows_val=rows_val, rows_test=1, seed=seed)
+    gen = SyntheticGenerator(spec)
+    parts: dict[str, list[np.ndarray]] = {}
+    for split in ("train", "val"):
+        chunks = list(gen.chunks(split))
+        parts[f"{split}_ids"] = np.concatenate([c[0] for c in chunks])
+        parts[f"{split}_labels"] = np.concatenate([c[1][:, 0] for c in chunks])
+        parts[f"{split}_probs"] = np.concatenate([c[2][:, 0] for c in chunks])
+    # Ids are frequency ranks 1..n per field (0 is the OOV bucket): n + 1 rows per field.
+    cards = np.asarray([c + 1 for c in gen.cardinalities], dtype=np.int64)
+    np.savez(path, cards=cards, **parts)
+    oracle = binary_metrics(parts["val_labels"], parts["val_probs"])
+    return {
+        "rows_train": rows_train,
+        "rows_val": rows_val,
+        "fields": len(cards),
+        "values": int(cards.sum()),
+        "positive_rate": float(parts["train_labels"].mean()),
+        "oracle_val_auc": oracle["auc"],
+        "oracle_val_logloss": oracle["logloss"],
+    }
+
+
+# --- one system, in a worker process ---------------------------------------------------------
+def evaluate(logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    probs = 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
+    m = binary_metrics(labels, probs)
+    return {"val_auc": m["auc"], "val_logloss": m["logloss"]}
+
+
+def run_system(name: str, data: dict[str, np.ndarray], args: argparse.Namespace) -> dict:
+    """Train one system for args.epochs epochs; returns its figures."""
+    torch.manual_seed(args.seed)
+    torch.set_num_threads(args.threads)
+    cards = [int(c) for c in data["cards"]]
+    rows = len(data["train_ids"]) if name.startswith("fused") else args.baseline_rows
+    ids, labels = data["train_ids"][:rows], data["train_labels"][:rows]
+    val_ids, val_labels = data["val_ids"], data["val_labels"]
+    step, score = make_system(name, cards, args)
+
+    epoch_seconds, cpu_seconds, losses = [], [], []
+    for _ in range(args.epochs):
+        wall, cpu = time.perf_counter(), time.process_time()
+        total = 0.0
+        for s in range(0, rows, args.batch):
+            total += step(ids[s : s + args.batch], labels[s : s + args.batch]) * len(
+                ids[s : s + args.batch]
+            )
+        epoch_seconds.append(time.perf_counter() - wall)
+        cpu_seconds.append(time.process_time() - cpu)
+        losses.append(total / rows)
+    timed = epoch_seconds[1:] or epoch_seconds
+    rates = [rows / s for s in timed]
+    logits = np.concatenate([score(val_ids[s : s + 8192]) for s in range(0, len(val_ids), 8192)])
+    return {
+        "system": name,
+        "rows_per_epoch": rows,
+        "epochs": args.epochs,
+        "samples_per_s": float(np.median(rates)),
+        "samples_per_s_min": float(np.min(rates)),
+        "samples_per_s_max": float(np.max(rates)),
+        "s_per_epoch": float(np.median(timed)),
+        "s_per_epoch_all_rows": float(len(data["train_ids"]) / np.median(rates)),
+        "cpu_per_wall": float(np.sum(cpu_seconds) / np.sum(epoch_seconds)),
+        "train_loss_last_epoch": float(losses[-1]),
+        **evaluate(logits, val_labels),
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+
+
+def make_system(name: str, cards: list[int], args: argparse.Namespace):
+    """(step(ids, labels) -> mean batch loss, score(ids) -> logits) for one system."""
+    if name.startswith("fused"):
+        from cvr.kernels import FusedTrainer, fused_logits
+        from cvr.models.ctr import FFM
+
+        model = FFM(cards, dim=args.k)
+        trainer = FusedTrainer(
+            model,
+            optimizer="adagrad",
+            lr=args.fused_lr,
+            initial_accumulator_value=args.fused_init_acc,
+            threads=2 if name == "fused-2t" else 1,
+        )
+        return trainer.train_batch, lambda x: fused_logits(model, x)
+
+    if name == "autograd":
+        from cvr.models.ctr import FFM
+        from cvr.models.embeddings import FullEmbedding
+
+        model = FFM(cards, dim=args.k, embedding=functools.partial(FullEmbedding, sparse=True))
+        opt = torch.optim.Adagrad(model.parameters(), lr=args.autograd_lr)
+
+        def step(x: np.ndarray, y: np.ndarray) -> float:
+            opt.zero_grad()
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(
+                model(torch.from_numpy(x)), torch.from_numpy(y)
+            )
+            loss.backward()
+            opt.step()
+            return loss.item()
+
+        def score(x: np.ndarray) -> np.ndarray:
+            with torch.inference_mode():
+                return model(torch.from_numpy(x)).numpy()
+
+        return step, score
+
+    if name == "pytorch-fm":
+        np.long = np.int64  # torchfm uses the alias numpy 2 removed; this process only
+        from torchfm.model.ffm import FieldAwareFactorizationMachineModel
+
+        model = FieldAwareFactorizationMachineModel(cards, args.k)
+        opt = torch.optim.Adam(model.parameters(), lr=args.torchfm_lr)
+
+        def step(x: np.ndarray, y: np.ndarray) -> float:
+            opt.zero_grad()
+            # it takes per-field local ids (it adds its own offsets) and returns probabilities
+            probs = model(torch.from_numpy(x).long())
+            loss = torch.nn.functional.binary_cross_entropy(probs, torch.from_numpy(y))
+            loss.backward()
+            opt.step()
+            return loss.item()
+
+        def score(x: np.ndarray) -> np.ndarray:
+            with torch.inference_mode():
+                p = model(torch.from_numpy(x).long()).double().clamp(1e-7, 1 - 1e-7)
+                return torch.log(p / (1 - p)).numpy()
+
+        return step, score
+    raise ValueError(f"unknown system {name!r}")
+
+
+def worker(args: argparse.Namespace) -> None:
+    with np.load(args.data) as npz:
+        data = {k: npz[k] for k in npz.files}
+    try:
+        result = run_system(args.worker, data, args)
+    except ImportError as exc:
+        result = {"system": args.worker, "unavailable": f"{type(exc).__name__}: {exc}"}
+    print("RESULT " + json.dumps(result), flush=True)
+
+
+# --- driver ----------------------------------------------------------------------------------
+def run_worker(system: str, data_path: Path, args: argparse.Namespace) -> dict[str, Any]:
+    cmd = [sys.executable, __file__, "--worker", system, "--data", str(data_path)]
+    for key in ("seed", "epochs", "batch", "baseline_rows", "threads", "k"):
+        cmd += [f"--{key.replace('_', '-')}", str(getattr(args, key))]
+    for key in ("fused_lr", "fused_init_acc", "autograd_lr", "torchfm_lr"):
+        cmd += [f"--{key.replace('_', '-')}", repr(getattr(args, key))]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    for line in proc.stdout.splitlines():
+        if line.startswith("RESULT "):
+            return json.loads(line[len("RESULT ") :])
+    tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
+    return {"system": system, "unavailable": f"worker failed (rc {proc.returncode}): {tail}"}
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any] | None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--rows-train", type=int, default=200_000)
+    parser.add_argument("--rows-val", type=int, default=50_000)
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--batch", type=int, default=4096)
+    parser.add_argument(
+        "--baseline-rows", type=int, default=20_480, help="rows per epoch for the slow baselines"
+    )
+    parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
+    parser.add_argument("--k", type=int, default=4)
+    parser.add_argument("--fused-lr", type=float, default=0.02, help="as conf/optimizer/adagrad")
+    parser.add_argument("--fused-init-acc", type=float, default=1.0, help="AdaGrad initial sum")
+    parser.add_argument("--autograd-lr", type=float, default=0.01)
+    parser.add_argument("--torchfm-lr", type=float, default=1e-3)
+    parser.add_argument("--systems", default=",".join(SYSTEMS), help="comma-separated subset")
+    parser.add_argument("--quick", action="store_true", help="small sizes (a smoke run)")
+    parser.add_argument("--out", help="write the results here as JSON")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--data", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        worker(args)
+        return None
+    if args.quick:
+        args.rows_train, args.rows_val, args.epochs, args.baseline_rows = 30_000, 5_000, 2, 4096
+
+    with tempfile.TemporaryDirectory() as tmp:
+        data_path = Path(tmp) / "data.npz"
+        started = time.perf_counter()
+        data = make_data(data_path, args.rows_train, args.rows_val, args.seed)
+        data["generate_s"] = time.perf_counter() - started
+        load = [os.getloadavg()[0]]
+        results = []
+        for system in args.systems.split(","):
+            results.append(run_worker(system, data_path, args))
+            load.append(os.getloadavg()[0])
+    report = {
+        "benchmark": "ffm_training",
+        "data": data,
+        "settings": {
+            k: getattr(args, k)
+            for k in (
+                *("seed", "epochs", "batch", "baseline_rows", "threads", "k"),
+                *("fused_lr", "fused_init_acc", "autograd_lr", "torchfm_lr"),
+            )
+        },
+        "results": results,
+        "loadavg_1m": load,
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+    }
+    print_report(report)
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(report, f, indent=2)
+    return report
+
+
+def print_report(report: dict[str, Any]) -> None:
+    d = report["data"]
+    print(
+        f"\nFFM training, {d['fields']} fields, {d['values']:,} values, k={report['settings']['k']}"
+        f", {d['rows_train']:,} train / {d['rows_val']:,} val rows, "
+        f"{report['settings']['epochs']} epochs; oracle val AUC {d['oracle_val_auc']:.4f}, "
+        f"logloss {d['oracle_val_logloss']:.4f}\nload avg (1 min) before/after each system: "
+        + " ".join(f"{x:.1f}" for x in report["loadavg_1m"])
+        + f"; torch threads {report['settings']['threads']}\n"
+    )
+    head = (
+        f"{'system':<12}{'rows/epoch':>11}{'samples/s':>11}{'spread':>20}{'s/epoch*':>10}"
+        f"{'cpu/wall':>9}{'val AUC':>9}{'val LL':>8}{'RSS MiB':>9}"
+    )
+    print(head)
+    for r in report["results"]:
+        if "unavailable" in r:
+            print(f"{r['system']:<12}unavailable: {r['unavailable']}")
+            continue
+        spread = f"{r['samples_per_s_min']:,.0f}..{r['samples_per_s_max']:,.0f}"
+        print(
+            f"{r['system']:<12}{r['rows_per_epoch']:>11,}{r['samples_per_s']:>11,.0f}"
+            f"{spread:>20}{r['s_per_epoch_all_rows']:>10.1f}{r['cpu_per_wall']:>9.2f}"
+            f"{r['val_auc']:>9.4f}{r['val_logloss']:>8.4f}{r['peak_rss_mb']:>9.0f}"
+        )
+    print(f"\n* seconds for one epoch over all {d['rows_train']:,} train rows at that speed")
+
+
+if __name__ == "__main__":
+    main()
