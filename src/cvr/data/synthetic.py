@@ -7,6 +7,12 @@ often. So by default every value's effect scale shrinks with its frequency rank
 (`effect_decay=1.0`: scale ∝ rank^-1). `effect_decay=0.0` gives every one of the ~800k values an
 independent effect of the same size: a harder, mostly unlearnable setting kept as an option.
 
+Interactions in real logs are partly shared across contexts (a user who likes sports ads likes
+them on every site) and partly specific to the other field. So the ground-truth FFM vector of a
+value for field j is a shared latent vector plus a field-specific deviation
+(`field_aware_share=0.5` of the variance): a plain FM can learn the shared part, only FFM the
+rest, and LR neither, which is what orders LR < FM < FFM on these data.
+
 Values follow a Zipf law per field; ids are frequency ranks 1..n (0 is the OOV bucket). Because
 the true probabilities are kept, the oracle AUC/logloss of each split is known exactly.
 
@@ -32,7 +38,7 @@ from cvr.ops.manifest import fingerprint, sha256_file
 log = logging.getLogger(__name__)
 
 # 2: stores carry preprocessor.json (raw rank -> store id), so a predictor can serve them.
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3
 _CHUNK_ROWS = 8192
 _SPLIT_STREAM = {"train": 1, "val": 2, "test": 3}
 
@@ -64,8 +70,9 @@ class SyntheticSpec:
     generator: str = "ffm"  # ground truth: lr | fm | ffm
     k: int = 4
     effect_decay: float = 1.0
+    field_aware_share: float = 0.5
     linear_scale: float = 0.5
-    interaction_scale: float = 1.0
+    interaction_scale: float = 2.0
     positive_rate: float = 0.2
     funnel: bool = False
     conversion_rate: float = 0.1  # P(conversion | click) on average, when funnel
@@ -76,6 +83,10 @@ class SyntheticSpec:
         if self.generator not in ("lr", "fm", "ffm"):
             raise ValueError(
                 f"data.generator: expected one of ['lr', 'fm', 'ffm'], got {self.generator!r}"
+            )
+        if not 0 <= self.field_aware_share <= 1:
+            raise ValueError(
+                f"data.field_aware_share must be in [0, 1], got {self.field_aware_share}"
             )
         if not 0 < self.positive_rate < 1:
             raise ValueError(f"data.positive_rate must be in (0, 1), got {self.positive_rate}")
@@ -116,7 +127,12 @@ class GroundTruth:
         pair_scale = spec.interaction_scale / np.sqrt(f * (f - 1) / 2) ** 0.5 / np.sqrt(spec.k)
         v_scale = (scale * pair_scale).astype(np.float32)
         if spec.generator == "ffm":
+            # v[x, field j] = a shared latent vector of x plus a field-specific deviation; the
+            # share of variance in the deviation is what only a field-aware model can learn.
+            share = np.float32(spec.field_aware_share)
             self.v = rng.standard_normal((total, f, spec.k), dtype=np.float32)
+            self.v *= np.sqrt(share)
+            self.v += np.sqrt(1 - share) * rng.standard_normal((total, 1, spec.k), dtype=np.float32)
             self.v *= v_scale[:, None, None]
         elif spec.generator == "fm":
             self.v = rng.standard_normal((total, spec.k), dtype=np.float32)
