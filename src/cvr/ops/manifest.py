@@ -118,3 +118,26 @@ def verify_checksums(
             )
     if problems:
         raise ManifestError("; ".join(problems))
+
+
+def read_manifest_file(path: str | os.PathLike, kind: str, format_version: int, what: str) -> dict:
+    """Load `path` (a manifest JSON) and check its `kind` and `format_version`.
+
+    Raises ManifestError naming the file when it is missing, not JSON, of another kind
+    (`what` says which artifact was expected) or of another format version.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ManifestError(f"{path}: missing; {path.parent} is not a {what}")
+    try:
+        manifest = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ManifestError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(manifest, dict) or manifest.get("kind") != kind:
+        raise ManifestError(f"{path}: not a {what} manifest")
+    if manifest.get("format_version") != format_version:
+        raise ManifestError(
+            f"{path}: format_version {manifest.get('format_version')!r}, this cvr reads "
+            f"{format_version}"
+        )
+    return manifest

@@ -32,6 +32,7 @@ from cvr.ops.manifest import (
     ManifestError,
     atomic_directory,
     file_checksums,
+    read_manifest_file,
     sha256_file,
     verify_checksums,
     write_json_atomic,
@@ -182,21 +183,7 @@ def _content_record(rel: str, src: Path, manifest: Mapping[str, Any]) -> dict[st
 
 def read_snapshot_manifest(path: str | Path) -> dict[str, Any]:
     """snapshot.json of a snapshot folder; ManifestError if missing, unreadable or not one."""
-    manifest_path = Path(path) / MANIFEST
-    if not manifest_path.is_file():
-        raise ManifestError(f"{manifest_path}: missing; {path} is not a snapshot")
-    try:
-        manifest = json.loads(manifest_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ManifestError(f"{manifest_path}: not valid JSON ({exc})") from None
-    if not isinstance(manifest, dict) or manifest.get("kind") != KIND:
-        raise ManifestError(f"{manifest_path}: not a snapshot manifest")
-    if manifest.get("format_version") != FORMAT_VERSION:
-        raise ManifestError(
-            f"{manifest_path}: format_version {manifest.get('format_version')!r}, this cvr reads "
-            f"{FORMAT_VERSION}"
-        )
-    return manifest
+    return read_manifest_file(Path(path) / MANIFEST, KIND, FORMAT_VERSION, "snapshot")
 
 
 def verify_snapshot(path: str | Path) -> dict[str, Any]:

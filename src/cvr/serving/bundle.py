@@ -44,6 +44,7 @@ from cvr.ops.manifest import (
     ManifestError,
     atomic_directory,
     file_checksums,
+    read_manifest_file,
     sha256_file,
     verify_checksums,
     write_json_atomic,
@@ -314,21 +315,7 @@ def _versions() -> dict[str, str]:
 
 def read_manifest(path: str | Path) -> dict[str, Any]:
     """The bundle's manifest.json; ManifestError if it is missing, unreadable or not a bundle's."""
-    manifest_path = Path(path) / MANIFEST
-    if not manifest_path.is_file():
-        raise ManifestError(f"{manifest_path}: missing; {path} is not a serving bundle")
-    try:
-        manifest = json.loads(manifest_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ManifestError(f"{manifest_path}: not valid JSON ({exc})") from None
-    if not isinstance(manifest, dict) or manifest.get("kind") != KIND:
-        raise ManifestError(f"{manifest_path}: not a serving bundle manifest")
-    if manifest.get("format_version") != FORMAT_VERSION:
-        raise ManifestError(
-            f"{manifest_path}: format_version {manifest.get('format_version')!r}, this cvr reads "
-            f"{FORMAT_VERSION}"
-        )
-    return manifest
+    return read_manifest_file(Path(path) / MANIFEST, KIND, FORMAT_VERSION, "serving bundle")
 
 
 def verify_bundle(path: str | Path) -> dict[str, Any]:
