@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         print("report: no finished runs matched", file=sys.stderr)
         return 2
     files = write_report(df, args.out)
-    print(markdown_table(df.sort_values(["model", "embedding", "dim"]), REPORT_COLUMNS))
+    print(markdown_table(df.sort_values(["model", "backend", "embedding", "dim"]), REPORT_COLUMNS))
     print(f"\nwrote {', '.join(str(p) for p in files.values())}")
     sweep_id = df["sweep_id"].dropna().iloc[0] if df["sweep_id"].notna().any() else None
     if sweep_id and not args.no_log:

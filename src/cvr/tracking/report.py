@@ -67,15 +67,19 @@ def load_runs(
             "model": raw.get("params.model._target_", pd.Series(dtype=str)).map(_short),
             "embedding": raw.get("params.embedding._target_", pd.Series(dtype=str)).map(_short),
             "dim": pd.to_numeric(raw.get("params.embedding.dim"), errors="coerce"),
+            "backend": raw.get("params.model.backend", pd.Series(dtype=str)).fillna(""),
             "data": raw.get("tags.dataset"),
         }
     )
     metrics = raw[[c for c in raw.columns if c.startswith("metrics.")]]
     metrics.columns = [c.removeprefix("metrics.") for c in metrics.columns]
     df = pd.concat([df, metrics], axis=1)
-    df["variant"] = (
-        df["model"] + "/" + df["embedding"] + "/k" + df["dim"].astype("Int64").astype(str)
+    dims = "/k" + df["dim"].astype("Int64").astype(str)
+    # Same model and table trained by another backend is another point, not a duplicate.
+    backend = (
+        df["backend"].where(df["backend"] == "autograd", "").map(lambda b: f" ({b})" if b else "")
     )
+    df["variant"] = df["model"] + "/" + df["embedding"] + dims + backend
     return df.reset_index(drop=True)
 
 
@@ -97,8 +101,10 @@ def plot_tradeoff(df: pd.DataFrame, cost: str, quality: str, path: str | Path) -
     path = Path(path)
     fig = Figure(figsize=(7, 4.5))
     ax = fig.subplots()
-    for (model, embedding), group in df.groupby(["model", "embedding"]):
-        ax.scatter(group[cost], group[quality], label=f"{model} / {embedding}", alpha=0.8)
+    keys = ["model", "embedding", "backend"] if "backend" in df else ["model", "embedding"]
+    for key, group in df.groupby(keys):
+        label = " / ".join(k for k in key if k)
+        ax.scatter(group[cost], group[quality], label=label, alpha=0.8)
         for _, row in group.iterrows():
             ax.annotate(
                 f"k{int(row['dim'])}" if pd.notna(row["dim"]) else "",
@@ -157,7 +163,7 @@ def write_report(df: pd.DataFrame, out_dir: str | Path) -> dict[str, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     if df.empty:
         raise ValueError("no finished runs to report on")
-    df = df.sort_values(["model", "embedding", "dim"])
+    df = df.sort_values(["model", "backend", "embedding", "dim"])
     files: dict[str, Path] = {}
     sections = ["# Embedding trade-off report", "", f"{len(df)} runs.", ""]
     sections += ["## All runs", "", markdown_table(df, REPORT_COLUMNS), ""]
