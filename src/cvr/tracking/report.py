@@ -163,7 +163,7 @@ def write_report(df: pd.DataFrame, out_dir: str | Path) -> dict[str, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     if df.empty:
         raise ValueError("no finished runs to report on")
-    df = df.sort_values(["model", "backend", "embedding", "dim"])
+    df = df.sort_values([c for c in ("model", "backend", "embedding", "dim") if c in df])
     files: dict[str, Path] = {}
     sections = ["# Embedding trade-off report", "", f"{len(df)} runs.", ""]
     sections += ["## All runs", "", markdown_table(df, REPORT_COLUMNS), ""]
