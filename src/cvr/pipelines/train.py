@@ -160,6 +160,18 @@ def oracle_metrics(store: EncodedStore, split: str, label: str) -> dict[str, flo
     return {f"{split}/oracle_auc": metrics["auc"], f"{split}/oracle_logloss": metrics["logloss"]}
 
 
+#: Efficiency figures printed under the quality table (all are logged to MLflow).
+_TABLE_EFFICIENCY = (
+    "eff/params",
+    "eff/embedding_bytes",
+    "eff/latency_b1_p50_us",
+    "eff/latency_b1_p99_us",
+    "eff/throughput_b4096_per_s",
+    "eff/train_samples_per_s",
+    "eff/epoch_seconds",
+)
+
+
 def metrics_table(metrics: dict[str, float]) -> str:
     rows = ["auc", "logloss", "ne", "calibration", "oracle_auc", "oracle_logloss", "auc_gap"]
     lines = [f"{'metric':<16}{'val':>12}{'test':>12}", "-" * 40]
@@ -169,6 +181,10 @@ def metrics_table(metrics: dict[str, float]) -> str:
             continue
         cells = "".join(f"{v:>12.5f}" if v is not None else f"{'':>12}" for v in (val, test))
         lines.append(f"{name:<16}{cells}")
+    efficiency = [(k, metrics[k]) for k in _TABLE_EFFICIENCY if k in metrics]
+    if efficiency:
+        lines += ["-" * 40, "efficiency"]
+        lines += [f"  {k.removeprefix('eff/'):<26}{v:>12,.1f}" for k, v in efficiency]
     return "\n".join(lines)
 
 
