@@ -109,7 +109,7 @@ def build_callbacks(cfg: DictConfig) -> list[L.Callback]:
 def training_label(cfg: DictConfig, store: EncodedStore) -> str:
     label = cfg.get("label") or store.meta.get("label") or store.label_names[0]
     if label not in store.label_names:
-        raise ValueError(
+        raise ConfigError(
             f"label: {label!r} is not a label of this dataset; choose from {store.label_names}"
         )
     return label
