@@ -1,0 +1,93 @@
+"""A hot-row cache bounded in bytes: rows by global feature id, vectorised over a batch.
+
+Set-associative (`ways` slots per set, least recently used slot replaced), with a global id's
+set chosen by a multiplicative hash, so a batch's lookups and inserts are a few numpy gathers
+and scatters: no per-row Python and no dict. Everything it holds (rows, weights, tags, use
+stamps) counts against `capacity_bytes`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)  # Fibonacci hashing: spreads dense ids over the sets
+
+
+class RowCache:
+    """Up to `capacity_bytes` of (vector float32 (D,), linear float32) rows keyed by int64 id."""
+
+    def __init__(self, capacity_bytes: int, vector_dim: int, ways: int = 8) -> None:
+        if capacity_bytes < 0:
+            raise ValueError(f"cache_bytes must be >= 0, got {capacity_bytes}")
+        self.vector_dim = int(vector_dim)
+        self.ways = int(ways)
+        row_bytes = 4 * self.vector_dim + 4 + 8 + 8  # vector, linear, tag, stamp
+        self.sets = int(capacity_bytes) // (row_bytes * self.ways)
+        self.tags = np.full((self.sets, self.ways), -1, dtype=np.int64)
+        self.stamps = np.zeros((self.sets, self.ways), dtype=np.int64)
+        self.vectors = np.zeros((self.sets, self.ways, self.vector_dim), dtype=np.float32)
+        self.linear = np.zeros((self.sets, self.ways), dtype=np.float32)
+        self.clock = 0
+        self.lookups = 0
+        self.hits = 0
+
+    @property
+    def capacity_rows(self) -> int:
+        return self.sets * self.ways
+
+    @property
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in (self.tags, self.stamps, self.vectors, self.linear))
+
+    @property
+    def hit_rate(self) -> float:
+        return self.hits / self.lookups if self.lookups else 0.0
+
+    def reset_stats(self) -> None:
+        self.lookups = self.hits = 0
+
+    def _set_of(self, ids: np.ndarray) -> np.ndarray:
+        hashed = (ids.astype(np.uint64) * _GOLDEN) >> np.uint64(20)
+        return (hashed % np.uint64(self.sets)).astype(np.int64)
+
+    def lookup(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Unique int64 ids (U,) -> (hit bool (U,), vectors (H, D), linear (H,)) of the hits.
+
+        The hit rows are in the order of `ids[hit]`; their slots count as just used.
+        """
+        self.lookups += len(ids)
+        if self.sets == 0 or len(ids) == 0:
+            empty = np.zeros((0, self.vector_dim), np.float32)
+            return np.zeros(len(ids), bool), empty, np.zeros(0, np.float32)
+        s = self._set_of(ids)
+        match = self.tags[s] == ids[:, None]  # (U, ways)
+        hit = match.any(axis=1)
+        hs, hw = s[hit], match[hit].argmax(axis=1)
+        self.clock += 1
+        self.stamps[hs, hw] = self.clock
+        self.hits += int(hit.sum())
+        return hit, self.vectors[hs, hw], self.linear[hs, hw]
+
+    def insert(self, ids: np.ndarray, vectors: np.ndarray, linear: np.ndarray) -> None:
+        """Store rows of unique ids not in the cache, replacing each set's least recently used.
+
+        Ids of one batch that fall in the same set take its slots in LRU order; beyond `ways`
+        of them, the rest are not cached.
+        """
+        if self.sets == 0 or len(ids) == 0:
+            return
+        s = self._set_of(ids)
+        order = np.argsort(s, kind="stable")
+        sorted_sets = s[order]
+        first = np.searchsorted(sorted_sets, sorted_sets, side="left")
+        rank = np.empty(len(ids), dtype=np.int64)
+        rank[order] = np.arange(len(ids)) - first  # position of each id among its set's ids
+        keep = rank < self.ways
+        s, rank = s[keep], rank[keep]
+        lru = np.argsort(self.stamps[s], axis=1, kind="stable")  # (K, ways), oldest first
+        way = lru[np.arange(len(s)), rank]
+        self.clock += 1
+        self.tags[s, way] = ids[keep]
+        self.vectors[s, way] = vectors[keep]
+        self.linear[s, way] = linear[keep]
+        self.stamps[s, way] = self.clock
