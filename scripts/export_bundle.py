@@ -4,7 +4,8 @@
     python scripts/export_bundle.py outputs/runs/<run>/checkpoints/last.ckpt outputs/bundles/last
 
 A run folder gives its best checkpoint (`checkpoints/epoch*.ckpt`); the store is found again
-from the run's saved config (`.hydra/config.yaml`). Prints the bundle's manifest summary.
+from the run's saved config (`.hydra/config.yaml`). The config and checkpoint are read as data
+only (closed registries, `weights_only=True`). Prints the bundle's manifest summary.
 Exit code 1 with the reason when the run folder, checkpoint or store is not usable.
 """
 
@@ -14,8 +15,10 @@ import argparse
 import logging
 import sys
 
+from cvr.checkpointing import CheckpointError
 from cvr.ops.manifest import ManifestError
-from cvr.serving.bundle import export_bundle, verify_bundle
+from cvr.pipelines.run_folder import export_bundle
+from cvr.serving.bundle import verify_bundle
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         path = export_bundle(args.run, args.out, overwrite=args.overwrite)
-    except (ManifestError, FileNotFoundError, FileExistsError, ValueError) as exc:
+    except (ManifestError, CheckpointError, OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     manifest = verify_bundle(path)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -18,15 +19,11 @@ from omegaconf import OmegaConf
 
 from cvr.data.build import build_file_store
 from cvr.data.store import EncodedStore
+from cvr.models.registry import build_model
 from cvr.ops.manifest import ManifestError, sha256_file
-from cvr.pipelines.train import build_model, build_module, build_store, train
-from cvr.serving.bundle import (
-    export_bundle,
-    export_from_training,
-    find_checkpoint,
-    load_bundle,
-    load_run_config,
-)
+from cvr.pipelines.run_folder import export_bundle, find_checkpoint, load_run_config
+from cvr.pipelines.train import build_store, train
+from cvr.serving.bundle import export_from_training, load_bundle
 from tests.helpers import TINY_DATA, compose_train
 
 FILE_SCHEMA = {
@@ -56,7 +53,8 @@ def make_bundle(tmp_path: Path, model: str = "ffm", overrides: tuple[str, ...] =
     """(bundle dir, store, cfg, module) for a tiny synthetic store and random weights."""
     cfg = compose_train(tmp_path, [*TINY_DATA, "logger=none", f"model={model}", *overrides])
     store = build_store(cfg)
-    module = build_module(cfg, build_model(cfg, store.cardinalities))
+    # The bundle needs only the model; training wiring (backend, optimiser) is not involved.
+    module = SimpleNamespace(model=build_model(cfg, store.cardinalities))
     randomize(module.model)
     metrics = {"test/auc": 0.5}
     bundle = export_from_training(module, store, cfg, metrics, tmp_path / "bundle")
@@ -90,7 +88,7 @@ def make_file_bundle(tmp_path: Path, model: str = "ffm"):
         cache_root=tmp_path / "cache",
     )
     cfg = compose_train(tmp_path, ["logger=none", f"model={model}"])
-    module = build_module(cfg, build_model(cfg, store.cardinalities))
+    module = SimpleNamespace(model=build_model(cfg, store.cardinalities))
     randomize(module.model, seed=1)
     bundle = export_from_training(module, store, cfg, {}, tmp_path / "bundle")
     return bundle, store, csv
@@ -207,7 +205,7 @@ def test_export_bundle_from_a_finished_run(tmp_path):
         (run_dir / "metrics.json").read_text()
     )
     # The bundle's weights are the checkpoint's.
-    state = torch.load(checkpoint, map_location="cpu", weights_only=False)["state_dict"]
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
     loaded = load_bundle(bundle)
     for name, tensor in loaded.model.state_dict().items():
         torch.testing.assert_close(tensor, state[f"model.{name}"], rtol=0, atol=0)

@@ -95,6 +95,10 @@ def verify_checksums(
     or grown (longer) before its sha256 is computed.
     """
     root = Path(root)
+    links = sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_symlink())
+    if links:
+        # One rule for every reader (verify, load, restore): a link could point anywhere.
+        raise ManifestError(f"{root}: symlinks are refused: {', '.join(links)}")
     problems = []
     present = {
         p.relative_to(root).as_posix()
@@ -140,4 +144,15 @@ def read_manifest_file(path: str | os.PathLike, kind: str, format_version: int, 
             f"{path}: format_version {manifest.get('format_version')!r}, this cvr reads "
             f"{format_version}"
         )
+    files = manifest.get("files")
+    if not isinstance(files, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in files.items()
+    ):
+        got = "none" if files is None else type(files).__name__
+        raise ManifestError(
+            f"{path}: 'files' must be a mapping of relative path -> sha256, got {got}"
+        )
+    for name in files:
+        if name.startswith("/") or ".." in Path(name).parts:
+            raise ManifestError(f"{path}: file name {name!r} is not a path inside {path.parent}")
     return manifest

@@ -9,7 +9,6 @@ This is the only place that wires the retrieval config to objects.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import time
@@ -18,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from mlflow.exceptions import MlflowException
@@ -28,7 +26,8 @@ from torch import nn
 
 from cvr.data.store import EncodedStore
 from cvr.ops.manifest import ManifestError, sha256_file, write_json_atomic
-from cvr.pipelines.train import RUN_INFO, build_model, build_store, train
+from cvr.pipelines import run_folder
+from cvr.pipelines.train import RUN_INFO, train
 from cvr.retrieval.bench import (
     RECALL_KS,
     BenchSettings,
@@ -110,10 +109,10 @@ def load_source(checkpoint: str | os.PathLike | None, run_dir: str | os.PathLike
             f"{config_path}: missing; the checkpoint must sit in a train.py run folder "
             f"(<run>/checkpoints/*.ckpt) that has its config"
         )
-    train_cfg = OmegaConf.load(config_path)
-    info_path = Path(run_dir) / RUN_INFO
-    run_info = json.loads(info_path.read_text()) if info_path.is_file() else {}
-    store = build_store(train_cfg)
+    # The saved config and checkpoint are data: store and model come from closed registries.
+    train_cfg = run_folder.load_run_config(run_dir)
+    run_info = run_folder.read_json(Path(run_dir) / RUN_INFO)
+    store = run_folder.run_store(train_cfg, str(config_path))
     trained_on = _recorded_dataset_fingerprint(train_cfg, run_info)
     if trained_on is not None and trained_on != store.fingerprint:
         raise ManifestError(
@@ -121,9 +120,8 @@ def load_source(checkpoint: str | os.PathLike | None, run_dir: str | os.PathLike
             f"builds dataset {store.fingerprint[:16]}… (the data or its generator changed); "
             f"retrain, or retrieve without checkpoint/run_dir"
         )
-    model = build_model(train_cfg, store.cardinalities)
-    state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
-    model.load_state_dict({k.removeprefix("model."): v for k, v in state.items()})
+    model = run_folder.run_model(train_cfg, store.cardinalities, str(config_path))
+    model.load_state_dict(run_folder.checkpoint_weights(ckpt))
     return SourceModel(model.eval(), store, ckpt, sha256_file(ckpt), train_cfg, run_info)
 
 

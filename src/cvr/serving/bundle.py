@@ -5,8 +5,8 @@ A bundle is a directory written atomically (temporary sibling, then rename):
     manifest.json      format, versions (cvr, torch, numpy, python), store fingerprint, source
                        checkpoint sha256, and the sha256 of every other file
     model.pt           the model's state_dict (torch.save, CPU tensors; loaded weights_only)
-    model.json         how to rebuild the model: its config (`_target_`, backend), the embedding
-                       config (`_target_`, dim, options) and the field cardinalities
+    model.json         how to rebuild the model: registry names and plain numbers only (model
+                       name and backend; embedding name, dim and options; cardinalities)
     preprocessor.json  the fitted Preprocessor, copied byte for byte from the store
     schema.json        fields (name, kind, side, column), labels, and the reader (format and
                        options) that reads files of the dataset for `Predictor.predict(path)`
@@ -14,20 +14,20 @@ A bundle is a directory written atomically (temporary sibling, then rename):
     metrics.json       the run's final metrics
 
 `load_bundle` refuses a bundle whose files differ from its manifest (changed, missing or extra),
-naming each file. The model is rebuilt by `cvr.pipelines.train.build_model`, the same wiring
-that built it for training.
+naming each file. The model is rebuilt through the closed registry (`cvr.models.registry`),
+the same one that built it for training; nothing in a bundle names code to run. A run folder is
+exported by `cvr.pipelines.run_folder.export_bundle`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import importlib.metadata
 import json
 import logging
 import platform
 import shutil
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,6 +40,7 @@ from torch import nn
 from cvr.data.preprocess import Preprocessor
 from cvr.data.schema import Schema
 from cvr.data.store import EncodedStore
+from cvr.models import registry
 from cvr.ops.manifest import (
     ManifestError,
     atomic_directory,
@@ -83,47 +84,6 @@ class Bundle:
 
 
 # --- export --------------------------------------------------------------------------------------
-
-
-def export_bundle(
-    run_dir_or_checkpoint: str | Path,
-    out_dir: str | Path,
-    store: EncodedStore | None = None,
-    overwrite: bool = False,
-) -> Path:
-    """Bundle a finished run: its best checkpoint (or the given .ckpt), store, config, metrics.
-
-    A run folder holds `checkpoints/` (the best `epoch*.ckpt` and `last.ckpt`), `metrics.json`
-    and `.hydra/config.yaml`; a checkpoint path means the run folder two levels up. Without
-    `store`, the run's data config is instantiated again, which opens its cached store (or
-    rebuilds the same store deterministically). Returns `out_dir`.
-    """
-    path = Path(run_dir_or_checkpoint)
-    checkpoint = path if path.is_file() else find_checkpoint(path)
-    run_dir = checkpoint.parent.parent
-    cfg = load_run_config(run_dir)
-    if store is None:
-        from cvr.pipelines.train import build_store
-
-        store = build_store(cfg)
-    metrics_path = run_dir / METRICS
-    metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
-    model = _rebuild_model(_model_spec(cfg, store.cardinalities))
-    state = torch.load(checkpoint, map_location="cpu", weights_only=False)["state_dict"]
-    weights = {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}
-    _load_weights(model, weights, checkpoint)
-    run_info_path = run_dir / "run_info.json"
-    run_info = json.loads(run_info_path.read_text()) if run_info_path.is_file() else {}
-    return write_bundle(
-        model,
-        store,
-        cfg,
-        metrics,
-        out_dir,
-        checkpoint=checkpoint,
-        run_info=run_info,
-        overwrite=overwrite,
-    )
 
 
 def export_from_training(
@@ -191,7 +151,7 @@ def write_bundle(
             "format_version": FORMAT_VERSION,
             "kind": KIND,
             "created_unix": time.time(),
-            "model_class": spec["model"]["_target_"],
+            "model_class": registry.class_path(registry.model_spec(spec["model"])),
             "versions": _versions(),
             "store": {
                 "fingerprint": store.fingerprint,
@@ -209,77 +169,15 @@ def write_bundle(
     return out_dir
 
 
-def find_checkpoint(run_dir: str | Path) -> Path:
-    """The best checkpoint of a run folder (`checkpoints/epoch*.ckpt`), else `last.ckpt`.
-
-    The checkpoint callback keeps only the best epoch file; should there be several, the newest
-    is taken.
-    """
-    ckpt_dir = Path(run_dir) / "checkpoints"
-    best = sorted(ckpt_dir.glob("epoch*.ckpt"), key=lambda p: (p.stat().st_mtime, p.name))
-    if best:
-        if len(best) > 1:
-            log.warning("%s: %d epoch checkpoints; bundling the newest", ckpt_dir, len(best))
-        return best[-1]
-    last = ckpt_dir / "last.ckpt"
-    if last.is_file():
-        return last
-    raise FileNotFoundError(f"{ckpt_dir}: no checkpoint (expected epoch*.ckpt or last.ckpt)")
-
-
-def load_run_config(run_dir: str | Path) -> DictConfig:
-    """The resolved config of a run folder (`.hydra/config.yaml`).
-
-    Hydra saves the config unresolved; `${hydra:...}` values are resolved from the run's own
-    `.hydra/hydra.yaml`, so paths come out as they were during the run.
-    """
-    hydra_dir = Path(run_dir) / ".hydra"
-    config_path = hydra_dir / "config.yaml"
-    if not config_path.is_file():
-        raise FileNotFoundError(f"{config_path}: missing; {run_dir} is not a run folder")
-    cfg = OmegaConf.load(config_path)
-    with _hydra_runtime(hydra_dir / "hydra.yaml"):
-        OmegaConf.resolve(cfg)
-    return cfg
-
-
-@contextlib.contextmanager
-def _hydra_runtime(hydra_yaml: Path) -> Iterator[None]:
-    """Make `${hydra:...}` resolve against a saved hydra.yaml, restoring the previous state."""
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.core.utils import setup_globals
-
-    from cvr.pipelines.train import register_resolvers
-
-    setup_globals()  # Hydra's own resolvers (`hydra`, `now`), as a Hydra app has them
-    register_resolvers()
-    instance = HydraConfig.instance()
-    previous = instance.cfg
-    if hydra_yaml.is_file():
-        # What HydraConfig.get() reads (`cfg.hydra`); set_config needs the structured schema.
-        instance.cfg = OmegaConf.load(hydra_yaml)
-    try:
-        yield
-    finally:
-        instance.cfg = previous
-
-
 def _model_spec(cfg: DictConfig | Mapping[str, Any], cardinalities: list[int]) -> dict[str, Any]:
-    """What model.json records: enough to rebuild the model with `build_model`."""
-    model = _plain(cfg["model"])
-    embedding = _plain(cfg["embedding"])
+    """What model.json records: registry names and plain numbers (see `cvr.models.registry`)."""
+    model, embedding = registry.model_spec(cfg["model"]), registry.embedding_spec(cfg["embedding"])
+    registry.check_combination(model, embedding)
     return {
-        "model": model,
-        "embedding": embedding,
-        "cardinalities": [int(c) for c in cardinalities],
-        "dim": int(embedding["dim"]),
+        "model": model.to_dict(),
+        "embedding": embedding.to_dict(),
+        "cardinalities": registry.check_cardinalities([int(c) for c in cardinalities]),
     }
-
-
-def _plain(node: Any) -> dict[str, Any]:
-    if isinstance(node, DictConfig):
-        return OmegaConf.to_container(node, resolve=True)
-    return json.loads(json.dumps(node))
 
 
 def _schema_record(schema: Schema, store: EncodedStore) -> dict[str, Any]:
@@ -338,17 +236,23 @@ def load_bundle(path: str | Path, verify: bool = True) -> Bundle:
     for name in manifest["files"]:
         if not (path / name).is_file():
             raise ManifestError(f"missing file {path / name}")
-    spec = json.loads((path / MODEL_SPEC).read_text())
+    spec = _read_json(path / MODEL_SPEC)
+    model = _rebuild_model(spec, path / MODEL_SPEC)
     preprocessor = Preprocessor.load(path / PREPROCESSOR)
     if preprocessor.cardinalities != spec["cardinalities"]:
         raise ManifestError(
             f"{path / PREPROCESSOR}: cardinalities {preprocessor.cardinalities} differ from "
             f"{MODEL_SPEC}'s {spec['cardinalities']}"
         )
-    model = _rebuild_model(spec)
-    weights = torch.load(path / MODEL_WEIGHTS, map_location="cpu", weights_only=True)
-    _load_weights(model, weights, path / MODEL_WEIGHTS)
-    schema_record = json.loads((path / SCHEMA).read_text())
+    try:
+        weights = torch.load(path / MODEL_WEIGHTS, map_location="cpu", weights_only=True)
+    except Exception as exc:  # a pickle naming any callable is refused here, never run
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        raise ManifestError(
+            f"{path / MODEL_WEIGHTS}: not a plain weights file ({reason})"
+        ) from None
+    load_weights(model, weights, path / MODEL_WEIGHTS)
+    schema_record = _read_json(path / SCHEMA)
     return Bundle(
         path=path,
         manifest=manifest,
@@ -356,19 +260,35 @@ def load_bundle(path: str | Path, verify: bool = True) -> Bundle:
         preprocessor=preprocessor,
         schema=Schema.from_dict(schema_record["schema"]),
         reader=schema_record["reader"],
-        metrics=json.loads((path / METRICS).read_text()),
+        metrics=_read_json(path / METRICS),
     )
 
 
-def _rebuild_model(spec: Mapping[str, Any]) -> nn.Module:
-    # The same wiring that built the model for training, so the two cannot drift apart.
-    from cvr.pipelines.train import build_model
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ManifestError(f"{path}: not valid JSON ({exc})") from None
 
-    cfg = OmegaConf.create({"model": spec["model"], "embedding": spec["embedding"]})
-    return build_model(cfg, list(spec["cardinalities"]))
+
+def _rebuild_model(spec: Any, source: Path) -> nn.Module:
+    """The model of a model.json record, through the closed registry: a bundle can name only a
+    registered class and plain numbers, so loading one never runs code it chose."""
+    try:
+        if not isinstance(spec, dict):
+            raise registry.SpecError(f"expected a JSON object, got {type(spec).__name__}")
+        model = registry.model_spec(spec.get("model"))
+        embedding = spec.get("embedding")
+        if isinstance(embedding, dict) and "dim" not in embedding and "dim" in spec:
+            embedding = {**embedding, "dim": spec["dim"]}  # early bundles kept dim beside it
+        embedding = registry.embedding_spec(embedding)
+        cards = registry.check_cardinalities(spec.get("cardinalities"))
+        return registry.build(model, embedding, cards)
+    except registry.SpecError as exc:
+        raise ManifestError(f"{source}: {exc}") from None
 
 
-def _load_weights(model: nn.Module, weights: Mapping[str, torch.Tensor], source: Path) -> None:
+def load_weights(model: nn.Module, weights: Mapping[str, torch.Tensor], source: Path) -> None:
     try:
         model.load_state_dict(weights, strict=True)
     except RuntimeError as exc:

@@ -1,0 +1,126 @@
+"""Checkpoints are data: loaded with `weights_only=True`, written atomically, verified on resume.
+
+- `load_checkpoint(path)`: `torch.load(weights_only=True)` with the few non-tensor types
+  Lightning's checkpoints may hold allow-listed; a pickle that names any other callable is
+  refused, never run.
+- `AtomicCheckpointIO`: Lightning's writer goes through an fsspec transaction whose temporary
+  file lives in `$TMPDIR`; across filesystems the final "move" is a copy, so a full disk left a
+  truncated checkpoint under its final name. This one writes `<name>.tmp-<pid>` in the
+  destination folder, fsyncs it and renames it into place; a failed write leaves the old file.
+- `intact_checkpoint(path)`: does it load, and does it hold a state dict?
+- `newest_intact(paths)`: the newest candidate that is intact, saying which ones were skipped.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+
+log = logging.getLogger(__name__)
+
+TMP_MARK = ".tmp-"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be loaded (truncated, not a checkpoint, or not plain data)."""
+
+
+class DiskFullError(OSError):
+    """The disk filled while writing `path`; one clear line naming it."""
+
+
+def _allowed_globals() -> list[Any]:
+    # Types Lightning/numpy may put in a checkpoint besides tensors and containers.
+    import numpy as np
+
+    try:
+        from numpy._core.multiarray import scalar
+    except ImportError:  # numpy < 2
+        from numpy.core.multiarray import scalar
+    dtypes = [type(np.dtype(t)) for t in ("float32", "float64", "int64", "int32", "bool")]
+    return [scalar, np.dtype, *dtypes]
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:
+    """The checkpoint dict at `path`, loaded as data only (`weights_only=True`).
+
+    Raises CheckpointError naming the file if it is truncated, not a torch file, or names a
+    callable that is not allow-listed.
+    """
+    path = Path(path)
+    try:
+        with torch.serialization.safe_globals(_allowed_globals()):
+            state = torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{path}: not a loadable checkpoint ({reason[:300]})") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: not a checkpoint (holds {type(state).__name__})")
+    return state
+
+
+def intact_checkpoint(path: str | os.PathLike) -> bool:
+    """True if `path` loads as data and holds a `state_dict`."""
+    try:
+        return "state_dict" in load_checkpoint(path)
+    except (CheckpointError, OSError):
+        return False
+
+
+def newest_intact(paths: Iterable[Path]) -> Path | None:
+    """The newest (by mtime) of `paths` that is intact; each skipped one is logged as a warning."""
+    ordered = sorted((p for p in paths if p.is_file()), key=lambda p: p.stat().st_mtime)
+    for path in reversed(ordered):
+        if intact_checkpoint(path):
+            return path
+        log.warning("checkpoint %s does not load (truncated or corrupt); skipping it", path)
+    return None
+
+
+def write_bytes_atomic(data: bytes, path: str | os.PathLike) -> None:
+    """Write `data` to `path` via a temporary sibling + fsync + rename; DiskFullError if full."""
+    path = Path(path)
+    tmp = path.with_name(f"{path.name}{TMP_MARK}{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        if exc.errno == errno.ENOSPC:
+            raise DiskFullError(
+                errno.ENOSPC, f"disk full while writing {path} (nothing was replaced)"
+            ) from None
+        raise
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning CheckpointIO: temporary name in the destination folder, then rename."""
+
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None
+    ) -> None:
+        if storage_options is not None:
+            raise TypeError("AtomicCheckpointIO takes no storage_options")
+        import io
+
+        buffer = io.BytesIO()
+        torch.save(checkpoint, buffer)
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        write_bytes_atomic(buffer.getbuffer(), path)
+
+    def load_checkpoint(
+        self, path: Any, map_location: Any = None, weights_only: bool | None = None
+    ) -> dict[str, Any]:
+        return load_checkpoint(path, map_location=map_location)
