@@ -11,7 +11,9 @@ from cvr.vectorstore import client as store_client
 from tests.helpers import TINY_DATA, compose_train
 
 
-def make_random_bundle(tmp_path: Path, model: str = "ffm", overrides=(), tiny: bool = True):
+def make_random_bundle(
+    tmp_path: Path, model: str = "ffm", overrides=(), tiny: bool = True, weight_seed: int = 0
+):
     """(bundle dir, store) for a store of the config and a model with spread random weights."""
     from cvr.pipelines.train import build_model, build_store
     from cvr.serving.bundle import export_from_training
@@ -20,7 +22,7 @@ def make_random_bundle(tmp_path: Path, model: str = "ffm", overrides=(), tiny: b
     cfg = compose_train(tmp_path, [*data, "logger=none", f"model={model}", *overrides])
     store = build_store(cfg)
     net = build_model(cfg, store.cardinalities)
-    gen = torch.Generator().manual_seed(0)
+    gen = torch.Generator().manual_seed(weight_seed)
     with torch.no_grad():
         for param in net.parameters():
             param.copy_(torch.randn(param.shape, generator=gen) * 0.3)

@@ -12,8 +12,9 @@ here. An unseen category maps to its field's OOV id 0, a missing field or None t
 0; keys that are not field names are ignored. A value the preprocessing cannot take raises a
 `DataError` that names the field (and the record's position in a list).
 
-Scoring uses the fused numba kernels for FM/FFM models with plain tables (`cvr.kernels`), else
-the model's forward pass under `torch.inference_mode`. The fused kernels reuse scratch buffers:
+Scoring goes through the backend `cvr.backends.select_backend` picks (the fused numba kernels
+for FM/FFM models with plain tables, else the model's forward pass under `torch.inference_mode`),
+the same choice the training run's efficiency profile timed. The fused kernels reuse scratch buffers:
 use one Predictor per thread.
 """
 
@@ -31,6 +32,7 @@ import pandas as pd
 import pyarrow as pa
 import torch
 
+from cvr.backends import select_backend
 from cvr.data.errors import DataError
 from cvr.data.readers import open_reader
 from cvr.serving.bundle import Bundle, load_bundle
@@ -58,18 +60,38 @@ class Predictor:
         self.preprocessor = bundle.preprocessor
         self.field_names = bundle.schema.field_names
         self._cardinalities = np.asarray(self.preprocessor.cardinalities, dtype=np.int64)
-        self._fused = None if backend == "torch" else _fused_predictor(self.model)
-        if backend == "fused" and self._fused is None:
-            raise ValueError(
-                f"backend=fused: no fused kernel for {type(self.model).__name__} with "
-                f"{type(getattr(self.model, 'embedding', None)).__name__} tables"
-            )
-        self.backend = "fused" if self._fused is not None else "torch"
+        # The same choice training's profiler makes (cvr.backends), so logged latency is ours.
+        requested = "autograd" if backend == "torch" else backend
+        self._scorer, reason = select_backend(self.model, requested, device="cpu")
+        log.debug("scoring backend: %s", reason)
+        self.backend = "fused" if self._scorer.name == "fused" else "torch"
+        self.store_tables = None  # the vector-store tables, when loaded with embeddings=
 
     @classmethod
-    def load(cls, bundle_dir: str | Path, verify: bool = True, backend: str = "auto") -> Predictor:
-        """Load and verify a bundle directory (ManifestError if any file differs)."""
-        return cls(load_bundle(bundle_dir, verify=verify), backend=backend)
+    def load(
+        cls,
+        bundle_dir: str | Path,
+        verify: bool = True,
+        backend: str = "auto",
+        embeddings: str | None = None,
+        cache_bytes: int = 0,
+    ) -> Predictor:
+        """Load and verify a bundle directory (ManifestError if any file differs).
+
+        `embeddings="milvus:URI[#alias]"` reads the tables from a published collection instead
+        (a hot-row cache of `cache_bytes`); see `cvr.vectorstore.table`.
+        """
+        bundle = load_bundle(bundle_dir, verify=verify)
+        if embeddings is None:
+            return cls(bundle, backend=backend)
+        if backend == "fused":
+            raise ValueError("backend=fused: the fused kernels need in-process tables")
+        from cvr.vectorstore.table import attach_store_tables
+
+        tables = attach_store_tables(bundle, embeddings, cache_bytes=cache_bytes)
+        predictor = cls(bundle, backend="torch")  # the model's forward over the fetched rows
+        predictor.store_tables = tables
+        return predictor
 
     # --- scoring --------------------------------------------------------------------------------
     def predict(self, records: Records) -> np.ndarray:
@@ -91,10 +113,7 @@ class Predictor:
             self._check_ids(ids)
         if len(ids) == 0:
             return np.zeros(0, dtype=np.float32)
-        if self._fused is not None:
-            return self._fused.logits(ids)
-        with torch.inference_mode():
-            return self.model(torch.from_numpy(ids)).numpy()
+        return self._scorer.logits(torch.from_numpy(ids)).numpy()
 
     def _check_ids(self, ids: np.ndarray) -> None:
         if ids.ndim != 2 or ids.shape[1] != len(self._cardinalities):
@@ -190,24 +209,6 @@ class Predictor:
                 else:
                     record[enc.name] = f"v{int(rng.integers(1 << 20)):x}"
         return out
-
-
-def _fused_predictor(model: torch.nn.Module):
-    """The fused kernel predictor of an FM/FFM with plain tables, or None."""
-    from cvr.kernels import fused_available, predictor
-    from cvr.models.ctr import FFM, FM
-
-    if not isinstance(model, FM | FFM):
-        return None
-    ok, reason = fused_available()
-    if not ok:
-        log.warning("fused kernels unavailable (%s); scoring with torch", reason)
-        return None
-    try:
-        return predictor(model)
-    except TypeError as exc:  # embedding variants other than the plain table
-        log.info("no fused kernel (%s); scoring with torch", exc)
-        return None
 
 
 def _field_error(

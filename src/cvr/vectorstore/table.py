@@ -1,0 +1,170 @@
+"""A bundle's tables read from a published collection instead of from the bundle.
+
+    predictor = Predictor.load(bundle, embeddings="milvus:outputs/vectors.db", cache_bytes=8 << 20)
+
+`attach_store_tables` checks that the collection holds this bundle's tables (model kind, field
+count, dimension, cardinalities and bundle fingerprint, each refused with a message naming the
+collection), then swaps the model's embedding and linear tables for `FetchedRows` modules. The
+model's own forward pass runs unchanged: per batch, the unique global ids are looked up in the
+hot-row cache and the misses fetched in one `get` by primary key; both tables read the same
+fetched rows. A feature id the collection lacks is a `StoreError` naming the collection and the
+id, never a zero.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from cvr.serving.bundle import Bundle
+from cvr.vectorstore import collection as col
+from cvr.vectorstore.cache import RowCache
+from cvr.vectorstore.client import StoreError, connect, split_store_uri
+from cvr.vectorstore.rows import bundle_fingerprint, model_kind, vector_dim
+from cvr.vectorstore.versions import default_alias
+
+log = logging.getLogger(__name__)
+
+
+class StoreTables:
+    """Rows of one collection by global id: hot-row cache first, then one batched `get`."""
+
+    def __init__(self, client, collection: str, meta: dict[str, Any], cache_bytes: int = 0) -> None:
+        self.client = client
+        self.collection = collection
+        self.meta = meta
+        self.vector_dim = int(meta["vector_dim"])
+        cards = np.asarray(meta["cardinalities"], dtype=np.int64)
+        self.offsets = np.concatenate([[0], np.cumsum(cards)[:-1]]).astype(np.int64)
+        self.cache = RowCache(cache_bytes, self.vector_dim)
+        self.fetches = 0
+        self.fetched_rows = 0
+        self._batch: tuple[torch.Tensor, np.ndarray, np.ndarray, np.ndarray] | None = None
+
+    def rows(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Unique int64 global ids (U,) -> (vectors float32 (U, D), linear float32 (U,))."""
+        vectors = np.empty((len(ids), self.vector_dim), dtype=np.float32)
+        linear = np.empty(len(ids), dtype=np.float32)
+        hit, hit_vectors, hit_linear = self.cache.lookup(ids)
+        vectors[hit], linear[hit] = hit_vectors, hit_linear
+        miss = ~hit
+        if miss.any():
+            miss_vectors, miss_linear = self._fetch(ids[miss])
+            vectors[miss], linear[miss] = miss_vectors, miss_linear
+            self.cache.insert(ids[miss], miss_vectors, miss_linear)
+        return vectors, linear
+
+    def _fetch(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        got = self.client.get(self.collection, ids=ids.tolist(), output_fields=["vector", "linear"])
+        self.fetches += 1
+        self.fetched_rows += len(ids)
+        found = np.fromiter((r["id"] for r in got), np.int64, len(got))
+        if len(found) != len(ids) or not np.isin(ids, found).all():
+            missing = int(ids[~np.isin(ids, found)][0])
+            field = int(np.searchsorted(self.offsets, missing, side="right") - 1)
+            raise StoreError(
+                f"collection {self.collection!r}: no row for feature id {missing} (field "
+                f"{field}, local id {missing - self.offsets[field]}); the collection is "
+                "incomplete or not this bundle's"
+            )
+        order = np.argsort(ids)
+        position = order[np.searchsorted(ids[order], found)]  # where each returned row goes
+        vectors = np.empty((len(ids), self.vector_dim), dtype=np.float32)
+        linear = np.empty(len(ids), dtype=np.float32)
+        vectors[position] = np.asarray([r["vector"] for r in got], dtype=np.float32)
+        linear[position] = np.fromiter((r["linear"] for r in got), np.float32, len(got))
+        return vectors, linear
+
+    def batch_rows(self, ids: torch.Tensor, column: str) -> torch.Tensor:
+        """ids int (B, F) field-local -> float32 (B, F, D) vectors or (B, F, 1) linear weights.
+
+        The rows of the last batch are kept, so the linear and the embedding table of one
+        forward pass share one fetch.
+        """
+        if self._batch is None or self._batch[0] is not ids:
+            global_ids = ids.numpy().astype(np.int64) + self.offsets
+            unique, inverse = np.unique(global_ids, return_inverse=True)
+            vectors, linear = self.rows(unique)
+            self._batch = (ids, inverse.reshape(global_ids.shape), vectors, linear)
+        _, inverse, vectors, linear = self._batch
+        if column == "vector":
+            return torch.from_numpy(vectors[inverse])
+        return torch.from_numpy(linear[inverse][..., None])
+
+    def end_batch(self) -> None:
+        self._batch = None
+
+    def stats(self) -> dict[str, float]:
+        return {
+            "cache_bytes": float(self.cache.nbytes),
+            "cache_rows": float(self.cache.capacity_rows),
+            "cache_hit_rate": self.cache.hit_rate,
+            "fetches": float(self.fetches),
+            "fetched_rows": float(self.fetched_rows),
+        }
+
+
+class FetchedRows(nn.Module):
+    """Stands in for a model's embedding or linear table: returns the rows the store fetched."""
+
+    def __init__(self, tables: StoreTables, column: str, dim: int) -> None:
+        super().__init__()
+        self.tables = tables
+        self.column = column
+        self.dim = dim
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.tables.batch_rows(ids, self.column)
+
+
+def open_store_tables(bundle: Bundle, embeddings: str, cache_bytes: int = 0) -> StoreTables:
+    """The collection `embeddings` names (`[milvus:]URI[#alias or collection]`) for `bundle`.
+
+    Without a name, the alias `cvr_<kind>_live`. Raises StoreError if the collection is not a
+    table of this bundle: another model kind, field count, dimension, cardinalities or bundle.
+    """
+    uri, name = split_store_uri(embeddings)
+    kind = model_kind(bundle.model)
+    client = connect(uri)
+    name = name or default_alias(kind)
+    collection = col.resolve(client, name)
+    meta = col.read_meta(client, collection)
+    where = f"collection {collection!r} (in {uri})"
+    num_fields, dim = int(bundle.model.num_fields), int(bundle.model.dim)
+    expected = {
+        "model": kind,
+        "num_fields": num_fields,
+        "dim": dim,
+        "vector_dim": vector_dim(kind, num_fields, dim),
+        "cardinalities": [int(c) for c in bundle.model.cardinalities],
+        "bundle": bundle_fingerprint(bundle),
+    }
+    for key, want in expected.items():
+        if meta.get(key) != want:
+            have = meta.get(key)
+            raise StoreError(
+                f"{where}: {key} {_short(have)} does not match the bundle's {_short(want)} "
+                f"({Path(bundle.path)}); publish this bundle or name its collection"
+            )
+    col.ensure_loaded(client, collection)
+    log.info("serving %s tables from %s", kind, where)
+    return StoreTables(client, collection, meta, cache_bytes=cache_bytes)
+
+
+def attach_store_tables(bundle: Bundle, embeddings: str, cache_bytes: int = 0) -> StoreTables:
+    """Swap the bundle model's tables for rows read from the store (frees the bundle's)."""
+    tables = open_store_tables(bundle, embeddings, cache_bytes)
+    model = bundle.model
+    model.embedding = FetchedRows(tables, "vector", tables.vector_dim)
+    model.linear = FetchedRows(tables, "linear", 1)
+    return tables
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
