@@ -19,6 +19,8 @@ import mlflow
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
+from cvr.tracking.store import ensure_store
+
 log = logging.getLogger(__name__)
 
 #: MLflow rejects longer param values; longer ones are cut with a warning.
@@ -74,6 +76,7 @@ def start_run(
     parent_run_id: str | None = None,
 ) -> str:
     """Create a run (a child of `parent_run_id` when given) and return its id."""
+    ensure_store(tracking_uri)  # create + migrate a SQLite store once, under a file lock
     client = MlflowClient(tracking_uri)
     experiment_id = ensure_experiment(client, experiment, artifact_root)
     all_tags = dict(tags or {})
