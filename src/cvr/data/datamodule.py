@@ -3,6 +3,12 @@
 Training order is block-shuffled: the rows are cut into blocks of `batch_size` consecutive rows and
 the order of the blocks is permuted each epoch from (seed, epoch). Every batch is then one
 contiguous slice of the int32 id array: one copy per batch, no per-row Python.
+
+Under DDP (`trainer=ddp`) every process walks the same block order and takes its own contiguous
+part of each block (`SliceBatches(rank=, world_size=)`): a step of W processes trains exactly
+the rows of one process's step, `batch_size` is the global batch, every row of a split is seen
+exactly once per epoch (no DistributedSampler padding), and every process has the same number
+of batches, as DDP's collectives need.
 """
 
 from __future__ import annotations
@@ -17,20 +23,48 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from cvr.data.store import EncodedStore
 
 
-class SliceBatches(Dataset):
-    """Item b is the b-th contiguous batch: (ids int32 (n, F), labels float32 (n,))."""
+def block_starts(rows: int, batch_size: int, world_size: int = 1) -> np.ndarray:
+    """First row of each block of `batch_size` rows, plus `rows` at the end: int64 (blocks + 1,).
 
-    def __init__(self, ids: np.ndarray, labels: np.ndarray, batch_size: int) -> None:
+    A last block shorter than `world_size` rows is merged into the one before, so that every
+    process's share of every block has at least one row.
+    """
+    starts = np.arange(0, rows, batch_size, dtype=np.int64)
+    if len(starts) > 1 and rows - starts[-1] < world_size:
+        starts = starts[:-1]
+    return np.append(starts, rows)
+
+
+class SliceBatches(Dataset):
+    """Item b is this process's part of the b-th contiguous block of `batch_size` rows:
+    (ids int32 (n, F), labels float32 (n,)); with one process, the whole block."""
+
+    def __init__(
+        self,
+        ids: np.ndarray,
+        labels: np.ndarray,
+        batch_size: int,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} outside [0, {world_size})")
         self.ids = ids
         self.labels = labels
         self.batch_size = batch_size
+        self.rank = rank
+        self.world_size = world_size
+        self.starts = block_starts(len(ids), batch_size, world_size)
 
     def __len__(self) -> int:
-        return -(-len(self.ids) // self.batch_size)
+        return len(self.starts) - 1
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        start = index * self.batch_size
-        stop = start + self.batch_size
+        block_start, block_stop = int(self.starts[index]), int(self.starts[index + 1])
+        # Split like np.array_split: the first (size % W) parts get one row more.
+        size, world = block_stop - block_start, self.world_size
+        start = block_start + self.rank * (size // world) + min(self.rank, size % world)
+        stop = start + size // world + (1 if self.rank < size % world else 0)
         # One copy out of the memory map: the batch owns writable memory.
         ids = torch.from_numpy(np.array(self.ids[start:stop], dtype=np.int32))
         labels = torch.from_numpy(np.array(self.labels[start:stop], dtype=np.float32))
@@ -90,15 +124,35 @@ class StoreDataModule(L.LightningDataModule):
         self.seed = seed
         self.shuffle = shuffle
 
+    def process(self) -> tuple[int, int]:
+        """(rank, world size) of this process in the trainer (0, 1 without one)."""
+        trainer = getattr(self, "trainer", None)
+        if trainer is None:
+            return 0, 1
+        return int(trainer.global_rank), int(trainer.world_size)
+
     def batches(self, split: str, batch_size: int) -> SliceBatches:
         ids = self.store.ids(split)
         labels = self.store.labels(split, self.label)
+        rank, world = self.process()
+        if len(ids) < world:
+            raise ValueError(
+                f"store {self.store.path}: split {split!r} has {len(ids)} rows, fewer than the "
+                f"{world} processes"
+            )
         if len(ids) == 0:
             raise ValueError(f"store {self.store.path}: split {split!r} has no rows")
-        return SliceBatches(ids, labels, batch_size)
+        return SliceBatches(ids, labels, batch_size, rank, world)
 
     def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader:
         batches = self.batches(split, batch_size)
+        connector = getattr(getattr(self, "trainer", None), "_accelerator_connector", None)
+        if batches.world_size > 1 and getattr(connector, "use_distributed_sampler", False):
+            # Lightning would shard the already sharded blocks again: half the data, silently.
+            raise ValueError(
+                "trainer.use_distributed_sampler=true with more than one process: this "
+                "DataModule shards batches itself; set trainer.use_distributed_sampler=false"
+            )
         order = BlockOrder(len(batches), self.seed, shuffle)
         return DataLoader(batches, batch_size=None, sampler=order, num_workers=0)
 

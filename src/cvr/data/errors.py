@@ -14,6 +14,7 @@ ON_ERROR = ("raise", "skip")
 
 # Row-level problems, the keys of the `skipped` counts a store records under on_error=skip.
 # A row with several problems is counted once, under the first of these it hits (this order).
+LINE_TOO_LONG = "line_too_long"  # a line longer than data.max_line_bytes
 BAD_ENCODING = "bad_encoding"  # bytes that are not UTF-8
 WRONG_COLUMN_COUNT = "wrong_column_count"
 BAD_TOKEN = "bad_token"  # libffm: a token that is not field:feature:value
@@ -22,6 +23,7 @@ DUPLICATE_FIELD = "duplicate_field"  # libffm: a field given twice on one line
 BAD_NUMBER = "bad_number"
 BAD_LABEL = "bad_label"
 REASONS = (
+    LINE_TOO_LONG,
     BAD_ENCODING,
     WRONG_COLUMN_COUNT,
     BAD_TOKEN,

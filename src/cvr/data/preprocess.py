@@ -22,7 +22,8 @@ Settings `min_count`, `numeric_rule`, `buckets` and `hash_buckets` take one valu
 or a mapping {field name: value} (fields not in the mapping get the default).
 
 Input batches are what `cvr.data.readers` yields: categorical columns as strings, numeric columns
-as float64, named by the field's source column; null is missing.
+as float64, named by the field's source column; null is missing. Raw serving records (dicts,
+DataFrames) are coerced into such batches by `cvr.data.records`.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from cvr.data.errors import DataError
-from cvr.data.readers import parse_numbers
+from cvr.data.records import plain_category, plain_number, records_batch
 from cvr.data.schema import Schema, SchemaError
 from cvr.ops.manifest import write_json_atomic
 
@@ -203,7 +204,7 @@ class FieldEncoder:
         return len(self.vocab) + 1
 
 
-def _criteo_log_keys(values: np.ndarray) -> np.ndarray:
+def criteo_log_keys(values: np.ndarray) -> np.ndarray:
     """int64 (n,) category key 2 * code + (1 for `L`, 0 for `V`) of float64 values; NaN -> key 0."""
     v = np.where(np.isnan(values), 0.0, values)
     big = v > 2
@@ -213,8 +214,8 @@ def _criteo_log_keys(values: np.ndarray) -> np.ndarray:
     return code * 2 + big
 
 
-def _criteo_log_name(key: int) -> str:
-    """The category string of a `_criteo_log_keys` key."""
+def criteo_log_name(key: int) -> str:
+    """The category string of a `criteo_log_keys` key."""
     return ("L" if key & 1 else "V") + str(key >> 1)
 
 
@@ -222,23 +223,23 @@ def _criteo_log(values: np.ndarray) -> pa.Array:
     """Category strings for float64 values (NaN = missing -> null) by the criteo_log rule."""
     missing = np.isnan(values)
     # There are few distinct categories: name each once, then spread the names by index.
-    keys, inverse = np.unique(_criteo_log_keys(values), return_inverse=True)
-    names = pa.array([_criteo_log_name(k) for k in keys.tolist()], pa.string())
+    keys, inverse = np.unique(criteo_log_keys(values), return_inverse=True)
+    names = pa.array([criteo_log_name(k) for k in keys.tolist()], pa.string())
     return names.take(pa.array(inverse.reshape(-1), type=pa.int64(), mask=missing))
 
 
-def _quantile_ids(boundaries: list[float] | None, values: np.ndarray) -> np.ndarray:
+def quantile_ids(boundaries: list[float] | None, values: np.ndarray) -> np.ndarray:
     """int64 (n,) quantile-bucket ids of float64 values: 1 + bucket, 0 for NaN (missing)."""
     ids = 1 + np.searchsorted(np.asarray(boundaries or [], dtype=np.float64), values, side="left")
     return np.where(np.isnan(values), 0, ids)
 
 
-def _numbers(col: pa.Array) -> np.ndarray:
+def numbers_of(col: pa.Array) -> np.ndarray:
     """float64 (n,) with NaN for null."""
     return pc.fill_null(col.cast(pa.float64()), np.nan).to_numpy(zero_copy_only=False)
 
 
-class _Sample:
+class StrideSample:
     """A deterministic stride sample of at most `cap` values (global indices % stride == 0)."""
 
     def __init__(self, cap: int) -> None:
@@ -307,7 +308,8 @@ class Preprocessor:
         self._record_plan: list[tuple[str, str, str, Any]] | None = None
 
     # --- fitting ---------------------------------------------------------------------------
-    def _blank_encoders(self) -> list[FieldEncoder]:
+    def blank_encoders(self) -> list[FieldEncoder]:
+        """One unfitted encoder per schema field: the rule each field follows, no vocabulary."""
         out = []
         for f in self.schema.fields:
             numeric_rule = self.config.get("numeric_rule", f.name) if f.kind == "numeric" else None
@@ -331,25 +333,43 @@ class Preprocessor:
 
     def fit(self, batches: Iterable[pa.RecordBatch]) -> Preprocessor:
         """Fit vocabularies and quantile boundaries on `batches` (the train rows only)."""
-        encoders = self._blank_encoders()
+        encoders = self.blank_encoders()
         counts = {j: _Counts() for j, e in enumerate(encoders) if e.rule == "vocab"}
         samples = {
-            j: _Sample(QUANTILE_SAMPLE) for j, e in enumerate(encoders) if e.rule == "quantile"
+            j: StrideSample(QUANTILE_SAMPLE) for j, e in enumerate(encoders) if e.rule == "quantile"
         }
         for batch in batches:
             for j, counter in counts.items():
                 counter.add(self._categories(batch, encoders[j]))
             for j, sample in samples.items():
-                values = _numbers(_column(batch, encoders[j].source))
+                values = numbers_of(_column(batch, encoders[j].source))
                 sample.add(values[~np.isnan(values)])
         for j, counter in counts.items():
             encoders[j].vocab = counter.vocab(encoders[j].min_count)
         for j, sample in samples.items():
-            encoders[j].boundaries = _quantile_boundaries(
+            encoders[j].boundaries = quantile_boundaries(
                 sample.values, int(self.config.get("buckets", encoders[j].name))
             )
         self._set_encoders(encoders)
         return self
+
+    @classmethod
+    def from_encoders(
+        cls,
+        schema: Schema,
+        config: PreprocessConfig | Mapping | None,
+        encoders: Iterable[FieldEncoder],
+    ) -> Preprocessor:
+        """A fitted Preprocessor from its encoders (one per schema field, in schema order)."""
+        pre = cls(schema, config)
+        encoders = list(encoders)
+        names = [e.name for e in encoders]
+        if names != schema.field_names:
+            raise ValueError(
+                f"encoders {names} do not match the schema fields {schema.field_names}"
+            )
+        pre._set_encoders(encoders)
+        return pre
 
     def _set_encoders(self, encoders: list[FieldEncoder]) -> None:
         self.encoders = encoders
@@ -378,7 +398,7 @@ class Preprocessor:
         """Category strings of one field (null = missing)."""
         col = _column(batch, enc.source)
         if enc.kind == "numeric":
-            return _criteo_log(_numbers(col))
+            return _criteo_log(numbers_of(col))
         return col.cast(pa.large_string())
 
     def transform(self, batch: pa.RecordBatch | pa.Table) -> np.ndarray:
@@ -387,7 +407,7 @@ class Preprocessor:
         out = np.zeros((batch.num_rows, len(encoders)), dtype=np.int32)
         for j, enc in enumerate(encoders):
             if enc.rule == "quantile":
-                out[:, j] = _quantile_ids(enc.boundaries, _numbers(_column(batch, enc.source)))
+                out[:, j] = quantile_ids(enc.boundaries, numbers_of(_column(batch, enc.source)))
                 continue
             # Encode the distinct values once per batch, then spread their ids to the rows.
             encoded = pc.dictionary_encode(self._categories(batch, enc))
@@ -409,21 +429,7 @@ class Preprocessor:
         numeric columns hold numbers (or number strings). Anything else raises a DataError that
         names the field. The result is exactly what `transform` gives the same values.
         """
-        encoders = self._require_fitted()
-        n = len(df)
-        columns: dict[str, pa.Array] = {}
-        for enc in encoders:
-            if enc.source in columns:
-                continue
-            if enc.name not in df.columns:
-                kind_type = pa.float64() if enc.kind == "numeric" else pa.string()
-                columns[enc.source] = pa.nulls(n, kind_type)
-            elif enc.kind == "numeric":
-                columns[enc.source] = _numeric_records(enc.name, df[enc.name])
-            else:
-                columns[enc.source] = _categorical_records(enc.name, df[enc.name])
-        batch = pa.RecordBatch.from_arrays(list(columns.values()), names=list(columns))
-        return self.transform(batch)
+        return self.transform(records_batch(self._require_fitted(), df))
 
     # --- one record at a time (serving) ----------------------------------------------------
     def transform_record(self, record: Mapping[str, Any]) -> np.ndarray:
@@ -443,24 +449,24 @@ class Preprocessor:
             if value is None:
                 continue  # missing: id 0
             if kind == "numeric":
-                number = _plain_number(value)
+                number = plain_number(value)
                 if number is None:
                     return self._transform_record_in_frame(record)
                 if number != number:  # NaN is missing, as in a DataFrame
                     continue
                 if rule == "quantile":
-                    out[j] = _quantile_ids(table, np.array([number]))[0]
+                    out[j] = quantile_ids(table, np.array([number]))[0]
                 else:
                     criteo_log.append((j, number))
                 continue
-            category = _plain_category(value)
+            category = plain_category(value)
             if category is None:
                 return self._transform_record_in_frame(record)
             out[j] = _lookup(rule, table, category)
         if criteo_log:
-            keys = _criteo_log_keys(np.array([number for _, number in criteo_log]))
+            keys = criteo_log_keys(np.array([number for _, number in criteo_log]))
             for (j, _), key in zip(criteo_log, keys.tolist(), strict=True):
-                out[j] = _lookup(plan[j][2], plan[j][3], _criteo_log_name(key))
+                out[j] = _lookup(plan[j][2], plan[j][3], criteo_log_name(key))
         return out
 
     def _build_record_plan(self) -> list[tuple[str, str, str, Any]]:
@@ -502,9 +508,11 @@ class Preprocessor:
             raise ValueError(
                 f"preprocessor format_version {data.get('format_version')!r} != {FORMAT_VERSION}"
             )
-        pre = cls(Schema.from_dict(data["schema"]), PreprocessConfig.from_dict(data["config"]))
-        pre._set_encoders([FieldEncoder(**e) for e in data["encoders"]])
-        return pre
+        return cls.from_encoders(
+            Schema.from_dict(data["schema"]),
+            PreprocessConfig.from_dict(data["config"]),
+            [FieldEncoder(**e) for e in data["encoders"]],
+        )
 
     def save(self, path: str | Path) -> None:
         """Write the fitted preprocessor as JSON (atomically: a temporary file, then rename)."""
@@ -523,89 +531,11 @@ def _column(batch: pa.RecordBatch | pa.Table, name: str) -> pa.Array:
     return col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
 
 
-def _quantile_boundaries(values: np.ndarray, buckets: int) -> list[float]:
+def quantile_boundaries(values: np.ndarray, buckets: int) -> list[float]:
     if len(values) == 0 or buckets < 2:
         return []
     levels = np.arange(1, buckets) / buckets
     return np.unique(np.quantile(values, levels)).astype(float).tolist()
-
-
-def _categorical_records(name: str, series: pd.Series) -> pa.Array:
-    """Strings (null = missing) from strings, integers or integral floats."""
-    try:
-        arr = pa.array(series, from_pandas=True)
-    except (pa.ArrowInvalid, pa.ArrowTypeError):
-        raise DataError(
-            f"field {name!r}: values must be strings or integers, got mixed types"
-        ) from None
-    t = arr.type
-    if pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_null(t):
-        return arr.cast(pa.string())
-    if pa.types.is_integer(t):
-        return arr.cast(pa.string())
-    if pa.types.is_floating(t):
-        values = arr.to_numpy(zero_copy_only=False)
-        finite = values[~np.isnan(values)]
-        if np.all(np.isfinite(finite)) and np.all(finite == np.floor(finite)):
-            return arr.cast(pa.int64()).cast(pa.string())
-    raise DataError(f"field {name!r}: categorical values must be strings or integers, got {t}")
-
-
-def _numeric_records(name: str, series: pd.Series) -> pa.Array:
-    """float64 (null = missing) from numbers or number strings; inf is rejected like in files."""
-    try:
-        arr = pa.array(series, from_pandas=True)
-    except (pa.ArrowInvalid, pa.ArrowTypeError):
-        raise DataError(f"field {name!r}: values must be numbers, got mixed types") from None
-    t = arr.type
-    if pa.types.is_null(t):
-        return arr.cast(pa.float64())
-    if pa.types.is_string(t) or pa.types.is_large_string(t):
-        values, missing, bad = parse_numbers(arr)
-    elif pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t):
-        values = _numbers(arr)
-        missing = np.isnan(values)
-        bad = np.isinf(values)
-    else:
-        raise DataError(f"field {name!r}: numeric values must be numbers, got {t}")
-    if bad.any():
-        i = int(np.flatnonzero(bad)[0])
-        raise DataError(f"field {name!r}: {arr[i].as_py()!r} is not a number (row {i})")
-    return pa.array(values, type=pa.float64(), mask=missing)
-
-
-# Value types the single-record path takes as they are (exact types: bool is not an int here).
-_FLOAT_TYPES = frozenset({float, np.float64, np.float32})
-_INT_TYPES = frozenset(
-    {int, np.int64, np.int32, np.int16, np.int8, np.uint64, np.uint32, np.uint16, np.uint8}
-)
-
-
-def _plain_number(value: Any) -> float | None:
-    """A float (NaN = missing) for an int or float that a DataFrame takes as it is, else None."""
-    kind = type(value)
-    if kind in _FLOAT_TYPES:
-        number = float(value)
-        return None if number in (np.inf, -np.inf) else number
-    if kind in _INT_TYPES and -(2**53) <= value <= 2**53:  # exact in float64
-        return float(value)
-    return None
-
-
-def _plain_category(value: Any) -> str | None:
-    """The category string of a str (valid UTF-8) or int64 value, else None."""
-    kind = type(value)
-    if kind is str:
-        if value.isascii():
-            return value
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            return None  # lone surrogates: transform_records names the error
-        return value
-    if kind in _INT_TYPES and -(2**63) <= value < 2**63:
-        return str(int(value))
-    return None
 
 
 def _lookup(rule: str, table: Any, category: str) -> int:

@@ -10,7 +10,7 @@ from typing import Any
 
 KINDS = ("categorical", "numeric")
 SIDES = ("user", "context", "item")
-SPLIT_METHODS = ("random", "time", "files")
+SPLIT_METHODS = ("random", "time", "files", "by_file")
 
 
 class SchemaError(ValueError):
@@ -48,6 +48,7 @@ class SplitRule:
     random: a seeded permutation with fractions `val` and `test`.
     time: ordered by `time_column` (ties keep file order); the last fractions become val/test.
     files: the reader is given one file per split (data.paths.train/val/test).
+    by_file: data.path names files in time order; the last is test, the one before val.
     """
 
     method: str = "random"

@@ -29,10 +29,9 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from cvr.data.preprocess import FORMAT_VERSION as PREPROCESSOR_FORMAT
-from cvr.data.preprocess import PreprocessConfig, Preprocessor
+from cvr.data.preprocess import FieldEncoder, PreprocessConfig, Preprocessor
 from cvr.data.schema import FieldSpec, Schema
-from cvr.data.store import EncodedStore, StoreWriter, field_meta, open_cached, store_dir
+from cvr.data.store import EncodedStore, StoreMeta, StoreWriter, open_cached, store_dir
 from cvr.ops.manifest import fingerprint, sha256_file
 
 log = logging.getLogger(__name__)
@@ -239,35 +238,34 @@ def _vocabulary_maps(gen: SyntheticGenerator, min_count: int) -> list[np.ndarray
     return maps
 
 
-def synthetic_preprocessor(spec: SyntheticSpec, maps: list[np.ndarray]) -> Preprocessor:
-    """The fitted Preprocessor of a synthetic store: raw values are frequency ranks (as ints or
-    strings) and each field's vocabulary is its kept ranks in rank order, so it maps a rank to
-    the same field-local id as `maps` (unkept or unseen ranks -> 0)."""
+def synthetic_schema(spec: SyntheticSpec) -> Schema:
+    """Every field categorical (values are frequency ranks), sides as the spec says."""
     names, sides = spec.field_names(), spec.field_sides()
-    schema = Schema(
+    return Schema(
         fields=tuple(FieldSpec(n, "categorical", s) for n, s in zip(names, sides, strict=True)),
         labels=tuple(spec.labels),
         label=spec.labels[0],
     )
+
+
+def synthetic_preprocessor(spec: SyntheticSpec, maps: list[np.ndarray]) -> Preprocessor:
+    """The fitted Preprocessor of a synthetic store: raw values are frequency ranks (as ints or
+    strings) and each field's vocabulary is its kept ranks in rank order, so it maps a rank to
+    the same field-local id as `maps` (unkept or unseen ranks -> 0)."""
     min_count = max(spec.min_count, 1)
     encoders = [
-        {
-            "name": name,
-            "source": name,
-            "kind": "categorical",
-            "rule": "vocab",
-            "min_count": min_count,
-            "vocab": [str(rank) for rank in np.flatnonzero(m).tolist()],
-        }
-        for name, m in zip(names, maps, strict=True)
+        FieldEncoder(
+            name=name,
+            source=name,
+            kind="categorical",
+            rule="vocab",
+            min_count=min_count,
+            vocab=[str(rank) for rank in np.flatnonzero(m).tolist()],
+        )
+        for name, m in zip(spec.field_names(), maps, strict=True)
     ]
-    return Preprocessor.from_dict(
-        {
-            "format_version": PREPROCESSOR_FORMAT,
-            "schema": schema.to_dict(),
-            "config": PreprocessConfig(min_count=min_count).to_dict(),
-            "encoders": encoders,
-        }
+    return Preprocessor.from_encoders(
+        synthetic_schema(spec), PreprocessConfig(min_count=min_count), encoders
     )
 
 
@@ -294,21 +292,20 @@ def build_synthetic_store(
                     local = np.stack([maps[f][ids[:, f]] for f in range(ids.shape[1])], axis=1)
                     writer.append(split, local, labels, oracle=probs)
                     bar.update(len(ids))
-        names = spec.field_names()
         pre_path = writer.tmp / "preprocessor.json"
-        synthetic_preprocessor(spec, maps).save(pre_path)
-        store = writer.finish(
-            {
-                "name": name,
-                "fingerprint": fp,
-                "source": {"synthetic": asdict(spec), "generator_version": GENERATOR_VERSION},
-                "fields": field_meta(names, ["categorical"] * len(names), spec.field_sides()),
-                "cardinalities": cardinalities,
-                "labels": spec.labels,
-                "skipped": {},
-                "files": {"preprocessor.json": sha256_file(pre_path)},
-            }
+        pre = synthetic_preprocessor(spec, maps)
+        pre.save(pre_path)
+        meta = StoreMeta(
+            name=name,
+            fingerprint=fp,
+            schema=pre.schema.to_dict(),
+            cardinalities=cardinalities,
+            labels=list(spec.labels),
+            label=spec.labels[0],
+            preprocess=pre.config.to_dict(),
+            synthetic={**asdict(spec), "generator_version": GENERATOR_VERSION},
         )
+        store = writer.finish(meta, files={"preprocessor.json": sha256_file(pre_path)})
     except BaseException:
         writer.abort()
         raise

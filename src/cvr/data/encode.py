@@ -1,0 +1,250 @@
+"""One pass over the data: every row encoded to provisional ids, the vocabulary fitted at the end.
+
+Fitting the vocabulary on train and then encoding every split would read the files twice. Here
+each field's values get provisional ids in first-seen order (`cvr.data.vocab` tables) while the
+rows are written, in file order, to raw files inside the store's temporary directory together with
+their labels and split codes. The train counts of each provisional id give the vocabulary exactly
+as `Preprocessor.fit` would (count >= min_count, descending count, then value), quantile fields
+keep their float values until the boundaries are known, and a last streaming pass over the raw
+files remaps the ids and appends each row to its split. Tests hold the result equal to
+`Preprocessor.fit` + `transform` on the same batches.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from cvr.data.preprocess import (
+    QUANTILE_SAMPLE,
+    FieldEncoder,
+    Preprocessor,
+    StrideSample,
+    criteo_log_keys,
+    criteo_log_name,
+    numbers_of,
+    quantile_boundaries,
+    quantile_ids,
+    stable_hash,
+)
+from cvr.data.store import SPLITS, StoreWriter
+from cvr.data.vocab import IntTable, StringTable, hash_strings
+
+TRAIN = 0
+_SCATTER_ROWS = 1 << 18
+
+
+class OnePassEncoder:
+    """Encode batches as they stream past; `fit()` then `write(writer)` (see module docstring)."""
+
+    def __init__(self, pre: Preprocessor, tmp: Path, num_labels: int) -> None:
+        self.pre = pre
+        self.encoders = pre.blank_encoders()
+        self.tmp = Path(tmp)
+        self.num_labels = num_labels
+        self.tables: dict[int, StringTable | IntTable] = {}
+        self.quantile: dict[int, int] = {}  # field -> column of the quantile values file
+        for j, enc in enumerate(self.encoders):
+            if enc.rule == "quantile":
+                self.quantile[j] = len(self.quantile)
+            elif enc.rule == "vocab":
+                self.tables[j] = StringTable() if enc.kind == "categorical" else IntTable()
+        self.counts = {j: np.zeros(1, dtype=np.int64) for j in self.tables}
+        self.samples = {j: StrideSample(QUANTILE_SAMPLE) for j in self.quantile}
+        self.rows = 0
+        self.train_rows = 0
+        self._files = {
+            name: open(self.tmp / f"encode.{name}.raw", "wb")
+            for name in ("ids", "labels", "codes", "quantile")
+        }
+        self._remaps: dict[int, np.ndarray] = {}
+        self.fitted: Preprocessor | None = None
+
+    # --- the pass -------------------------------------------------------------------------------
+    def add(self, batch: pa.RecordBatch, codes: np.ndarray | None) -> None:
+        """Encode one reader batch; `codes` are its split codes, or None until `set_codes`."""
+        n = batch.num_rows
+        ids = np.empty((n, len(self.encoders)), dtype=np.int32)
+        qvalues = np.empty((n, len(self.quantile)), dtype=np.float64)
+        for j, enc in enumerate(self.encoders):
+            col = batch.column(enc.source)
+            if enc.rule == "quantile":
+                qvalues[:, self.quantile[j]] = numbers_of(col)
+            elif enc.rule == "hash":
+                ids[:, j] = self._hash_ids(enc, col)
+            elif enc.kind == "categorical":
+                ids[:, j] = self.tables[j].encode(col)
+            else:
+                values = numbers_of(col)
+                ids[:, j] = self.tables[j].encode(criteo_log_keys(values), ~np.isnan(values))
+        labels = np.column_stack(
+            [batch.column(lbl).to_numpy(zero_copy_only=False) for lbl in self.pre.schema.labels]
+        ).astype(np.float32)
+        ids.tofile(self._files["ids"])
+        labels.tofile(self._files["labels"])
+        if self.quantile:
+            qvalues.tofile(self._files["quantile"])
+        if codes is not None:
+            np.asarray(codes, dtype=np.int8).tofile(self._files["codes"])
+            self._fit_rows(ids, qvalues, codes == TRAIN)
+        self.rows += n
+
+    @staticmethod
+    def _hash_ids(enc: FieldEncoder, col: pa.Array) -> np.ndarray:
+        if enc.kind == "categorical":
+            h = hash_strings(col)
+            ids = 1 + (h % np.uint64(enc.hash_buckets))
+            return np.where(col.is_null().to_numpy(zero_copy_only=False), 0, ids)
+        values = numbers_of(col)
+        keys, inverse = np.unique(criteo_log_keys(values), return_inverse=True)
+        names = pa.array([criteo_log_name(k) for k in keys.tolist()], pa.string())
+        unique_ids = 1 + (stable_hash(names) % np.uint64(enc.hash_buckets))
+        return np.where(np.isnan(values), 0, unique_ids[inverse.reshape(-1)])
+
+    def _fit_rows(self, ids: np.ndarray, qvalues: np.ndarray, train: np.ndarray) -> None:
+        if not train.any():
+            return
+        self.train_rows += int(train.sum())
+        for j, counts in self.counts.items():
+            add = np.bincount(ids[train, j], minlength=len(self.tables[j]) + 1)
+            if len(add) > len(counts):
+                counts = np.concatenate([counts, np.zeros(len(add) - len(counts), np.int64)])
+            counts[: len(add)] += add
+            self.counts[j] = counts
+        for j, q in self.quantile.items():
+            values = qvalues[train, q]
+            self.samples[j].add(values[~np.isnan(values)])
+
+    def set_codes(self, codes: np.ndarray) -> None:
+        """Split codes of every row, known only after the pass (time split): fit from the files."""
+        if len(codes) != self.rows:
+            raise ValueError(f"{len(codes)} split codes for {self.rows} rows")
+        np.asarray(codes, dtype=np.int8).tofile(self._files["codes"])
+        self._close()
+        for ids, _, qvalues, chunk_codes in self._chunks():
+            self._fit_rows(ids, qvalues, chunk_codes == TRAIN)
+
+    # --- the end --------------------------------------------------------------------------------
+    def fit(self) -> Preprocessor:
+        """The fitted Preprocessor, from the train counts and samples gathered."""
+        self._close()
+        encoders = self.encoders
+        for j, table in self.tables.items():
+            counts = self.counts[j]
+            counts = np.concatenate([counts, np.zeros(len(table) + 1 - len(counts), np.int64)])
+            if isinstance(table, StringTable):
+                values = table.values()
+            else:
+                values = pa.array(
+                    [criteo_log_name(k) for k in table.values().tolist()], pa.string()
+                )
+            vocab, remap = final_ids(values, counts[1:], encoders[j].min_count)
+            encoders[j].vocab = vocab
+            self._remaps[j] = remap
+        for j, sample in self.samples.items():
+            buckets = int(self.pre.config.get("buckets", encoders[j].name))
+            encoders[j].boundaries = quantile_boundaries(sample.values, buckets)
+        self.fitted = Preprocessor.from_encoders(self.pre.schema, self.pre.config, encoders)
+        return self.fitted
+
+    def write(self, writer: StoreWriter) -> None:
+        """Remap the provisional ids and append every row to its split, in file order."""
+        for ids, labels, qvalues, codes in self._chunks():
+            for j, remap in self._remaps.items():
+                ids[:, j] = remap[ids[:, j]]
+            for j, q in self.quantile.items():
+                ids[:, j] = quantile_ids(self.encoders[j].boundaries, qvalues[:, q])
+            for code, split in enumerate(SPLITS):
+                mask = codes == code
+                if mask.any():
+                    writer.append(split, ids[mask], labels[mask])
+        for name in self._files:
+            (self.tmp / f"encode.{name}.raw").unlink(missing_ok=True)
+
+    def _chunks(self) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+        f, q = len(self.encoders), len(self.quantile)
+        ids = _memmap(self.tmp / "encode.ids.raw", np.int32, (self.rows, f))
+        labels = _memmap(self.tmp / "encode.labels.raw", np.float32, (self.rows, self.num_labels))
+        codes = _memmap(self.tmp / "encode.codes.raw", np.int8, (self.rows,))
+        qvalues = _memmap(self.tmp / "encode.quantile.raw", np.float64, (self.rows, q))
+        for start in range(0, self.rows, _SCATTER_ROWS):
+            stop = min(start + _SCATTER_ROWS, self.rows)
+            yield (
+                np.array(ids[start:stop]),
+                np.array(labels[start:stop]),
+                np.array(qvalues[start:stop]),
+                np.array(codes[start:stop]),
+            )
+
+    def _close(self) -> None:
+        for fh in self._files.values():
+            fh.close()
+
+    def abort(self) -> None:
+        self._close()
+
+
+def final_ids(values: pa.Array, counts: np.ndarray, min_count: int) -> tuple[list[str], np.ndarray]:
+    """(vocabulary, remap) from provisional values and their train counts.
+
+    The vocabulary is the values counted at least `min_count` times, by descending count then by
+    value (byte order), as `Preprocessor.fit` orders it; remap[provisional id] is the final id
+    (0 for dropped values and for the missing id 0).
+    """
+    kept = np.flatnonzero(counts >= max(int(min_count), 1))
+    table = pa.table({"v": values.take(pa.array(kept)), "c": counts[kept], "i": kept})
+    table = table.sort_by([("c", "descending"), ("v", "ascending")])
+    remap = np.zeros(len(counts) + 1, dtype=np.int32)
+    remap[table["i"].to_numpy() + 1] = np.arange(1, len(kept) + 1, dtype=np.int32)
+    return table["v"].to_pylist(), remap
+
+
+def _memmap(path: Path, dtype: Any, shape: tuple[int, ...]) -> np.ndarray:
+    if 0 in shape:
+        return np.zeros(shape, dtype=dtype)
+    return np.memmap(path, dtype=dtype, mode="r", shape=shape)
+
+
+def prefetch(items: Iterable[Any], depth: int = 2) -> Iterator[Any]:
+    """Iterate `items` in a background thread, `depth` items ahead.
+
+    Readers spend their time in numba and Arrow, which release the GIL, so parsing the next
+    chunk overlaps encoding this one on a second core. Exceptions reach the consumer.
+    """
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    done = object()
+    stop = threading.Event()
+
+    def run() -> None:
+        try:
+            for item in items:
+                if stop.is_set():
+                    return
+                q.put((True, item))
+            q.put((True, done))
+        except BaseException as exc:
+            q.put((False, exc))
+
+    thread = threading.Thread(target=run, name="cvr-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            ok, item = q.get()
+            if not ok:
+                raise item
+            if item is done:
+                return
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():
+            try:
+                q.get_nowait()
+            except queue.Empty:
+                thread.join(0.01)

@@ -1,0 +1,201 @@
+"""`csv`: delimited text, one record per line, with a header or with `columns: [...]`.
+
+Columns are cut out of whole chunks by one compiled scan (`columns.py`); only lines containing
+the quote character go through Python's csv module, so quoted values may hold delimiters but not
+line breaks. pyarrow.csv is not used because its invalid_row_handler can neither pad short rows
+nor see rows with invalid UTF-8 (the stream aborts), and its row numbers drift from line numbers
+around blank lines.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from cvr.data.errors import BAD_ENCODING, WRONG_COLUMN_COUNT, DataError
+from cvr.data.readers.base import Problems, TextReader
+from cvr.data.readers.columns import NON_ASCII, QUOTED, cut_columns, gather
+from cvr.data.readers.lines import LineBlock, decode
+from cvr.data.schema import Schema, SchemaError
+
+
+class DelimitedReader(TextReader):
+    """`csv`: one record per line, values split by `delimiter`.
+
+    Options: `delimiter` (default ","), `header` (default true: the first line names the columns),
+    `columns` (the names when there is no header, or to replace the header's), `quote_char`
+    (default '"'; null or false: quotes are ordinary characters), `min_columns` (null: every line
+    needs all columns; n: lines with n or more columns are padded with missing values),
+    `block_bytes` (bytes read at a time), `max_line_bytes` (longer lines are line_too_long).
+    """
+
+    format = "csv"
+
+    def __init__(
+        self,
+        path: str | Path,
+        schema: Schema,
+        *,
+        delimiter: str = ",",
+        header: bool = True,
+        columns: list[str] | None = None,
+        quote_char: str | bool | None = '"',
+        min_columns: int | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(path, schema, **kwargs)
+        if (
+            not isinstance(delimiter, str)
+            or len(delimiter) != 1
+            or delimiter in "\r\n"
+            or not delimiter.isascii()
+        ):
+            raise SchemaError(f"data.delimiter: expected one ASCII character, got {delimiter!r}")
+        if quote_char is True:
+            quote_char = '"'
+        if quote_char and (
+            len(quote_char) != 1 or quote_char == delimiter or not quote_char.isascii()
+        ):
+            raise SchemaError(f"data.quote_char: expected one ASCII character, got {quote_char!r}")
+        if not header and not columns:
+            raise SchemaError("data.columns: required when data.header is false")
+        self.delimiter = delimiter
+        self.header = bool(header)
+        self.columns = list(columns) if columns else None
+        self.quote_char = quote_char or None
+        self.min_columns = min_columns
+
+    def _empty_hint(self) -> str:
+        return " or has only its header" if self.header else ""
+
+    def read_header(self) -> list[str]:
+        """The column names of the file's header line (for splitting a file into blocks)."""
+        for block in self._blocks():
+            return self._parse_header(block)
+        raise DataError(f"{self.path}: no rows (the file is empty)")
+
+    def _parse_header(self, block: LineBlock) -> list[str]:
+        if block.too_long[0]:
+            raise DataError(f"{self.path}:1: the header is longer than data.max_line_bytes")
+        try:
+            line = block.line_bytes(0).decode("utf-8")
+        except UnicodeDecodeError:
+            raise DataError(f"{self.path}:1: the header is not valid UTF-8") from None
+        line = line.removeprefix("\ufeff")  # a byte order mark is not part of a name
+        try:
+            names = next(csv.reader([line], **self._csv_dialect()), [])
+        except csv.Error as exc:
+            raise DataError(f"{self.path}:1: cannot parse the header: {exc}") from None
+        if not names or names == [""]:
+            raise DataError(f"{self.path}:1: the header line is empty")
+        return names
+
+    def _csv_dialect(self) -> dict[str, Any]:
+        if self.quote_char:
+            return {"delimiter": self.delimiter, "quotechar": self.quote_char, "strict": True}
+        return {"delimiter": self.delimiter, "quoting": csv.QUOTE_NONE}
+
+    def _check_columns(self, names: list[str]) -> dict[str, int]:
+        missing = [c for c in self.source_columns if c not in names]
+        if missing:
+            where = "the header" if self.header and not self.columns else "data.columns"
+            raise DataError(
+                f"{self.path}: column(s) {missing} not found in {where}; it has {names}"
+            )
+        return {c: names.index(c) for c in self.source_columns}
+
+    def _batches(self) -> Iterator[pa.RecordBatch | None]:
+        names = self.columns
+        positions = self._check_columns(names) if names else None
+        at_start = self.header
+        for block in self._blocks():
+            if at_start:
+                header_names = self._parse_header(block)
+                names = names or header_names
+                positions = self._check_columns(names)
+                block = block.slice(1, len(block))
+                at_start = False
+                if len(block) == 0:
+                    continue
+            yield self._chunk(block, names, positions)
+
+    def _chunk(
+        self, block: LineBlock, names: list[str], positions: dict[str, int]
+    ) -> pa.RecordBatch | None:
+        n = len(block)
+        problems = Problems(n)
+        self._too_long(block, problems)
+        col_start, col_end, counts, flags = cut_columns(
+            block.buf,
+            block.starts,
+            block.ends,
+            self.delimiter,
+            self.quote_char,
+            list(positions.values()),
+        )
+        non_ascii = np.flatnonzero(flags & NON_ASCII)
+        if len(non_ascii):
+            _, bad = decode(block.binary().take(pa.array(non_ascii)))
+            bad_rows = non_ascii[bad]
+            mask = np.zeros(n, dtype=bool)
+            mask[bad_rows] = True
+            problems.add(mask, BAD_ENCODING, lambda i: "the line is not valid UTF-8")
+            col_start[:, bad_rows] = -1  # never build strings from invalid bytes
+            col_end[:, bad_rows] = -1
+            flags[bad_rows] = 0
+        columns = dict(zip(positions, gather(block.buf, col_start, col_end), strict=True))
+        if self.quote_char:
+            self._requote(block, flags, counts, columns, positions, problems)
+        expected = len(names)
+        ok = counts == expected
+        if self.min_columns is not None:
+            ok |= (counts >= self.min_columns) & (counts < expected)
+        problems.add(
+            ~ok,
+            WRONG_COLUMN_COUNT,
+            lambda i: f"expected {expected} columns, got {counts[i]}",
+        )
+        return self._finish(columns, block.numbers, problems)
+
+    def _requote(
+        self,
+        block: LineBlock,
+        flags: np.ndarray,
+        counts: np.ndarray,
+        columns: dict[str, pa.Array],
+        positions: dict[str, int],
+        problems: Problems,
+    ) -> None:
+        """Re-split the (rare) lines that contain the quote character with the csv module."""
+        rows = np.flatnonzero(flags & QUOTED)
+        if len(rows) == 0:
+            return
+        parsed: list[list[str]] = []
+        broken = np.zeros(len(block), dtype=bool)
+        errors: dict[int, str] = {}
+        dialect = self._csv_dialect()
+        for i in rows.tolist():
+            try:
+                values = next(csv.reader([block.line_bytes(i).decode("utf-8")], **dialect), [])
+            except csv.Error as exc:
+                broken[i] = True
+                errors[i] = str(exc)
+                values = []
+            parsed.append(values)
+            counts[i] = len(values)
+        problems.add(
+            broken,
+            WRONG_COLUMN_COUNT,
+            lambda i: f"cannot split the line on quotes: {errors[i]}",
+        )
+        quoted = np.zeros(len(block), dtype=bool)
+        quoted[rows] = True
+        for c, j in positions.items():
+            repl = pa.array([v[j] if j < len(v) else None for v in parsed], pa.large_string())
+            columns[c] = pc.replace_with_mask(columns[c], pa.array(quoted), repl)

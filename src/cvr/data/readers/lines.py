@@ -1,0 +1,225 @@
+"""The line splitter: a text file (plain or compressed) as blocks of lines, numbered from 1.
+
+Terminators are LF, CRLF or a lone CR (as `bytes.splitlines`); each line is exactly one record,
+so a line number is exact and rows read + rows skipped always equals the number of lines. Lines
+are found with numpy over whole blocks of bytes: the cost per line is a few vector operations.
+
+Compressed files are read as streams by their suffix: `.gz`, `.bz2`, `.zst`/`.zstd` through
+pyarrow's compressed input streams, `.xz` through `lzma`. Memory is bounded by the block size
+plus `max_line_bytes`: a line longer than that (terminator included) is never held whole; its
+bytes are dropped as they stream past and it comes out as an empty line flagged `too_long`, so
+the reader can refuse it (`on_error=raise`) or count it (`skip`) under `line_too_long`.
+"""
+
+from __future__ import annotations
+
+import lzma
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from cvr.data.errors import DataError
+
+DEFAULT_BLOCK_BYTES = 1 << 24
+# Far above any real record (Criteo lines are ~250 bytes), far below what exhausts memory.
+DEFAULT_MAX_LINE_BYTES = 1 << 23
+# Suffix -> pyarrow codec; `.xz` is not an Arrow codec and goes through lzma.
+ARROW_CODECS = {".gz": "gzip", ".bz2": "bz2", ".zst": "zstd", ".zstd": "zstd"}
+COMPRESSED_SUFFIXES = (*ARROW_CODECS, ".xz")
+
+
+def open_bytes(path: str | Path) -> BinaryIO:
+    """A binary stream of the file's bytes, decompressed when its suffix names a codec."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix == ".xz":
+        return lzma.open(path, "rb")
+    if suffix in ARROW_CODECS:
+        return pa.input_stream(str(path), compression=ARROW_CODECS[suffix])
+    return open(path, "rb")
+
+
+@dataclass
+class LineBlock:
+    """Consecutive lines of one file over one buffer of bytes.
+
+    `bounds` (n + 1,) are the byte offsets of the lines (terminators included); `ends` (n,) are
+    where each line's content ends (terminator excluded); `too_long` marks lines whose content
+    was dropped for exceeding max_line_bytes; `first` is the number of the first line.
+    """
+
+    buf: np.ndarray
+    bounds: np.ndarray
+    ends: np.ndarray
+    too_long: np.ndarray
+    first: int
+
+    def __len__(self) -> int:
+        return len(self.ends)
+
+    @property
+    def starts(self) -> np.ndarray:
+        return self.bounds[:-1]
+
+    @property
+    def numbers(self) -> np.ndarray:
+        """int64 (n,) line numbers."""
+        return np.arange(self.first, self.first + len(self), dtype=np.int64)
+
+    def slice(self, start: int, stop: int) -> LineBlock:
+        return LineBlock(
+            self.buf,
+            self.bounds[start : stop + 1],
+            self.ends[start:stop],
+            self.too_long[start:stop],
+            self.first + start,
+        )
+
+    def binary(self) -> pa.Array:
+        """`large_binary` lines with their terminators, zero-copy over the buffer."""
+        offsets = np.ascontiguousarray(self.bounds, dtype=np.int64)
+        return pa.Array.from_buffers(
+            pa.large_binary(), len(self), [None, pa.py_buffer(offsets), pa.py_buffer(self.buf)]
+        )
+
+    def line_bytes(self, i: int) -> bytes:
+        """Line i without its terminator."""
+        return self.buf[self.bounds[i] : self.ends[i]].tobytes()
+
+
+def iter_line_blocks(
+    path: str | Path,
+    chunk_rows: int,
+    block_bytes: int = DEFAULT_BLOCK_BYTES,
+    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
+) -> Iterator[LineBlock]:
+    """Yield LineBlocks of at most `chunk_rows` lines each, in file order."""
+    if max_line_bytes < 1:
+        raise ValueError(f"data.max_line_bytes: expected a positive integer, got {max_line_bytes}")
+    first = 1
+    carry = b""
+    skipping = False  # inside an over-long line whose bytes are being dropped
+    long_head = False  # the first line of the next segment is the end of an over-long line
+    path = Path(path)
+    with open_bytes(path) as fh:
+        while True:
+            try:
+                block = fh.read(block_bytes)
+            except (OSError, pa.ArrowException, lzma.LZMAError, EOFError) as exc:
+                raise DataError(
+                    f"{path}: cannot read past line {first - 1} ({type(exc).__name__}: {exc})"
+                ) from None
+            eof = not block
+            if skipping:
+                if eof:
+                    seg, long_head = b"", True
+                else:
+                    end = _first_terminator(block)
+                    if end < 0:
+                        continue
+                    block, long_head, skipping = b"\n" + block[end:], True, False
+            if not (skipping and eof):
+                buf = carry + block
+                cut = len(buf) if eof else _last_cut(buf)
+                seg, carry = buf[:cut], buf[cut:]
+                if len(carry) > max_line_bytes:
+                    carry, skipping = b"", True
+            if seg or (skipping and eof):
+                lines = _split(seg, max_line_bytes, long_head)
+                long_head = False
+                for start in range(0, len(lines), chunk_rows):
+                    piece = lines.slice(start, min(start + chunk_rows, len(lines)))
+                    piece.first = first
+                    yield piece
+                    first += len(piece)
+            if eof:
+                return
+
+
+def _first_terminator(block: bytes) -> int:
+    """Index just past the first line terminator in `block` (a CRLF counts whole), or -1."""
+    lf, cr = block.find(b"\n"), block.find(b"\r")
+    if cr >= 0 and (lf < 0 or cr < lf):
+        return cr + 2 if block[cr + 1 : cr + 2] == b"\n" else cr + 1
+    return lf + 1 if lf >= 0 else -1
+
+
+def _last_cut(buf: bytes) -> int:
+    """Where the complete lines of `buf` end: after its last LF, or after a CR that is not the
+    final byte (a final CR may be the first half of a CRLF)."""
+    return max(buf.rfind(b"\n"), buf.rfind(b"\r", 0, len(buf) - 1)) + 1
+
+
+def _split(seg: bytes, max_line_bytes: int, long_head: bool) -> LineBlock:
+    block = _split_lines(seg)
+    long = (np.diff(block.bounds) > max_line_bytes) | np.zeros(len(block), dtype=bool)
+    if long_head:
+        long[0] = True
+    if long.any() and (np.diff(block.bounds)[long] > 2).any():
+        # Keep only the terminator of each over-long line (rare: a Python loop over those lines).
+        pieces, pos = [], 0
+        for i in np.flatnonzero(long).tolist():
+            pieces.append(seg[pos : block.bounds[i]])
+            pos = int(block.ends[i])
+        pieces.append(seg[pos:])
+        block = _split_lines(b"".join(pieces))
+    block.too_long = long
+    return block
+
+
+def _split_lines(seg: bytes) -> LineBlock:
+    """The lines of `seg` (a LineBlock numbered from 1) without copying its bytes."""
+    a = np.frombuffer(seg, dtype=np.uint8)
+    lf = a == 0x0A
+    if seg.find(b"\r") < 0:  # the usual case, checked at memchr speed
+        ends = np.flatnonzero(lf) + 1
+    else:
+        # A CR ends a line unless it is the first half of a CRLF; an LF always ends one.
+        cr_alone = a == 0x0D
+        cr_alone[:-1] &= ~lf[1:]
+        ends = np.flatnonzero(lf | cr_alone) + 1
+    if len(ends) == 0 or ends[-1] != len(a):
+        ends = np.append(ends, len(a))  # a last line without a terminator
+    bounds = np.concatenate([[0], ends]).astype(np.int64)
+    content = ends.astype(np.int64)
+    if len(a):
+        # Strip the terminator: an LF, then a CR before it (or a lone CR).
+        has = content > bounds[:-1]
+        content -= has & (a[np.maximum(content - 1, 0)] == 0x0A)
+        has = content > bounds[:-1]
+        content -= has & (a[np.maximum(content - 1, 0)] == 0x0D)
+    return LineBlock(a, bounds, content, np.zeros(len(content), dtype=bool), 1)
+
+
+def decode_lines(lines: pa.Array) -> tuple[pa.Array, np.ndarray]:
+    """(text, bad): `string` lines without terminators; bad[i] marks a line that is not UTF-8."""
+    text, bad = decode(lines)
+    return pc.utf8_rtrim(text, characters="\r\n"), bad
+
+
+def decode(values: pa.Array) -> tuple[pa.Array, np.ndarray]:
+    """(text, bad): `binary` values as `large_string`; a value that is not UTF-8 becomes empty.
+
+    Checking value by value happens only when the whole array fails to decode.
+    """
+    try:
+        return values.cast(pa.large_string()), np.zeros(len(values), dtype=bool)
+    except pa.ArrowInvalid:
+        pass
+    items = values.to_pylist()
+    bad = np.array([v is not None and not is_utf8(v) for v in items], dtype=bool)
+    fixed = pa.array([b"" if b else v for v, b in zip(items, bad, strict=True)], pa.large_binary())
+    return fixed.cast(pa.large_string()), bad
+
+
+def is_utf8(value: bytes) -> bool:
+    try:
+        value.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
