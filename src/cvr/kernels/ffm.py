@@ -30,8 +30,11 @@ import numpy as np
 
 from cvr.kernels.fused import (
     ADAGRAD,
+    ADAGRAD_RSQRT,
+    SGD,
     FusedPredictorBase,
     FusedTrainerBase,
+    adagrad_rsqrt_span,
     apply_update,
     bce_with_logits,
     dim_token,
@@ -165,10 +168,12 @@ def _train_example(
     fk = nf * U64(len(kt))
     for i in range(nf):
         if nxt >= 0:
-            _prefetch_row(ids, nxt, i, offsets, fk, V, w, GV, Gw, opt == ADAGRAD)
+            _prefetch_row(ids, nxt, i, offsets, fk, V, w, GV, Gw, opt != SGD)
         base = rows[i] * fk
         x = i * fk
-        if opt == ADAGRAD:
+        if opt == ADAGRAD_RSQRT:
+            adagrad_rsqrt_span(V, GV, XT, base, x, fk, kap, wd32, lr32)
+        elif opt == ADAGRAD:
             for m in range(fk):
                 v = V[base + m]
                 g = kap * XT[x + m] + wd32 * v
@@ -247,7 +252,7 @@ class FusedFFMTrainer(FusedTrainerBase):
         return ffm_train(
             ids, labels, self.offsets, self.cardinalities, V, V.view(word_view(self.dim)[0]),
             params["linear.weight"], params["bias"], accums[0], accums[1], accums[2],
-            dim_token(self.num_fields), dim_token(self.dim), self.opt_code, self.lr, self.eps,
+            dim_token(self.num_fields), dim_token(self.dim), self.kernel_opt, self.lr, self.eps,
             self.weight_decay, scratch.XT, scratch.XTw, scratch.rows,
         )  # fmt: skip
 

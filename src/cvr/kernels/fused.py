@@ -38,26 +38,55 @@ except Exception as exc:  # pragma: no cover - exercised only on broken installs
 #: fastmath flags: 'reassoc' lets LLVM vectorise the dot-product reductions and 'contract' lets it
 #: use FMA. No 'nnan'/'ninf': the loss must stay correct for extreme logits.
 FASTMATH = frozenset({"reassoc", "contract"})
+#: The AdaGrad row update also allows approximate functions and reciprocals, so LLVM turns
+#: g / sqrt(s) into a hardware reciprocal-square-root estimate plus one Newton step (about
+#: float32 precision) instead of a full-precision sqrt and divide per lane, which were ~40% of
+#: an FFM step. Only used where s > 0 is guaranteed (see `rsqrt_safe`).
+FASTMATH_RSQRT = FASTMATH | {"afn", "arcp"}
 
 SGD = 0
 ADAGRAD = 1
+#: Kernel-only code: AdaGrad where `rsqrt_safe` holds (same maths, reciprocal-sqrt step).
+ADAGRAD_RSQRT = 2
 OPTIMIZERS = {"sgd": SGD, "adagrad": ADAGRAD}
 
 
-def njit():
+def njit(fastmath: frozenset[str] = FASTMATH):
     """numba.njit with the options every kernel shares; identity when numba is missing.
 
     error_model='numpy' matters for speed: Python's model guards every float division with a
     zero check, and that branch stops LLVM from vectorising the AdaGrad update loops. nogil lets
-    Hogwild threads run kernels at the same time.
+    Hogwild threads run kernels at the same time. fastmath flags are per instruction, so a
+    helper's flags stay its own after inlining.
     """
 
     def wrap(fn):
         if numba is None:  # pragma: no cover
             return fn
-        return _numba_njit(cache=True, nogil=True, fastmath=set(FASTMATH), error_model="numpy")(fn)
+        return _numba_njit(cache=True, nogil=True, fastmath=set(fastmath), error_model="numpy")(fn)
 
     return wrap
+
+
+def rsqrt_safe(optimizer: str, eps: float, initial_accumulator_value: float) -> bool:
+    """Whether AdaGrad may step by g / sqrt(s) (reciprocal-sqrt estimate) instead of
+    g / (sqrt(s) + eps): every sum starts at init > 0, so s >= init and sqrt(s) >= sqrt(init),
+    and eps below 2**-25 * sqrt(init) is under half a float32 ulp of sqrt(s), so adding it
+    changes nothing."""
+    init = float(initial_accumulator_value)
+    return optimizer == "adagrad" and init > 0 and float(eps) <= 2.0**-25 * math.sqrt(init)
+
+
+@njit(FASTMATH_RSQRT)
+def adagrad_rsqrt_span(V, GV, XT, base, x, n, kap, wd, lr):
+    """V[base + m] -= lr * g / sqrt(GV[base + m] += g * g) for m < n, g = kap * XT[x + m] +
+    wd * V[base + m] (float32; rsqrt estimate + Newton step, so GV must be > 0)."""
+    for m in range(n):
+        v = V[base + m]
+        g = kap * XT[x + m] + wd * v
+        s = GV[base + m] + g * g
+        GV[base + m] = s
+        V[base + m] = v - lr * g / np.sqrt(s)
 
 
 def _make_prefetch():
@@ -184,7 +213,7 @@ def apply_update(
     `grad` already includes any weight decay.
     """
     g = np.float32(grad)
-    if opt == ADAGRAD:
+    if opt != SGD:
         s = accum[index] + g * g
         accum[index] = s
         param[index] = param[index] - np.float32(lr) * g / (np.sqrt(s) + np.float32(eps))
@@ -419,6 +448,9 @@ class FusedTrainerBase:
         self.model = model
         self.optimizer = optimizer
         self.opt_code = OPTIMIZERS[optimizer]
+        #: What the kernels that have a reciprocal-sqrt AdaGrad step (FFM) are handed.
+        fast = rsqrt_safe(optimizer, eps, initial_accumulator_value)
+        self.kernel_opt = ADAGRAD_RSQRT if fast else self.opt_code
         self.lr = float(lr)
         self.eps = float(eps)
         self.initial_accumulator_value = float(initial_accumulator_value)
