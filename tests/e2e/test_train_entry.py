@@ -6,6 +6,7 @@ import math
 import mlflow
 import pytest
 
+from cvr.tracking.training_run import logged_model_name
 from tests.helpers import TINY_DATA, compose_train, run_script
 
 FAST = ["trainer.max_epochs=2", "datamodule.batch_size=512", "trainer.enable_progress_bar=false"]
@@ -29,7 +30,7 @@ def test_train_command_prints_table_and_logs_to_sqlite_mlflow(tmp_path):
         "test/calibration",
         "test/oracle_auc",
         "test/oracle_logloss",
-        "train/loss_epoch",
+        "train/loss",
         "eff/embedding_bytes",
         "eff/params",
         "eff/latency_b1_p99_us",
@@ -42,9 +43,11 @@ def test_train_command_prints_table_and_logs_to_sqlite_mlflow(tmp_path):
     assert run.data.tags["git_commit"]
     artifacts = [a.path for a in client.list_artifacts(run.info.run_id)]
     assert "config.yaml" in artifacts
-    # The bundle was logged as a pyfunc model whose signature names the raw fields.
+    # The bundle was logged as a pyfunc model named after the run, whose signature names the
+    # raw fields.
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
-    model = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model")
+    model_name = logged_model_name(run.info.run_name)
+    model = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/{model_name}")
     assert "F00" in model.metadata.get_input_schema().input_names()
     (run_dir,) = (tmp_path / "runs").iterdir()
     assert (run_dir / "bundle" / "manifest.json").is_file()

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import time
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,7 @@ from cvr.data.store import EncodedStore
 from cvr.metrics import binary_metrics
 from cvr.models.module import CTRModule
 from cvr.ops.manifest import fingerprint, write_json_atomic
-from cvr.tracking import mlflow_runs
+from cvr.tracking import mlflow_runs, run_names, training_run
 from cvr.tracking.sweep import sweep_context
 
 log = logging.getLogger(__name__)
@@ -199,14 +198,16 @@ def start_tracking(cfg: DictConfig, output_dir: Path, resume_info: dict | None) 
     run_id = mlflow_runs.start_run(
         tracking.tracking_uri,
         tracking.experiment,
-        run_name=f"{cfg.run_name}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}",
+        run_name=run_names.run_display_name(cfg, sweep),
         tags={
             "git_commit": mlflow_runs.git_commit(cfg.paths.root_dir),
             "output_dir": str(output_dir),
+            **run_names.run_tags(cfg),
             **({"sweep_id": sweep["sweep_id"], "sweep_role": "child"} if sweep else {}),
         },
         artifact_root=tracking.get("artifact_root"),
         parent_run_id=sweep["parent_run_id"] if sweep else None,
+        unique_name=True,
     )
     mlflow_runs.log_config(tracking.tracking_uri, run_id, cfg)
     return run_id
@@ -221,18 +222,11 @@ def fit_and_test(cfg: DictConfig, resume_ckpt: Path | None, run_id: str | None) 
     tracking = cfg.logger
     loggers = []
     if run_id is not None:
-        from lightning.pytorch.loggers import MLFlowLogger
+        from cvr.tracking.epoch_logger import EpochMlflowLogger
 
-        mlflow_runs.set_tags(
-            tracking.tracking_uri,
-            run_id,
-            {
-                "dataset_fingerprint": store.fingerprint,
-                "dataset": store.meta.get("name", ""),
-                "label": label,
-            },
-        )
-        loggers.append(MLFlowLogger(tracking_uri=tracking.tracking_uri, run_id=run_id))
+        training_run.log_training_data(tracking.tracking_uri, run_id, cfg, store, label)
+        # Curves at step = epoch; summary metrics are logged once when the run ends.
+        loggers.append(EpochMlflowLogger(tracking.tracking_uri, run_id))
     datamodule = StoreDataModule(store, label=label, seed=cfg.seed, **cfg.datamodule)
     module = build_module(cfg, build_model(cfg, store.cardinalities))
     trainer = hydra.utils.instantiate(cfg.trainer)(
@@ -245,6 +239,7 @@ def fit_and_test(cfg: DictConfig, resume_ckpt: Path | None, run_id: str | None) 
     trainer.test(module, datamodule=datamodule, ckpt_path=best or None, verbose=False)
     metrics.update(module.last_metrics)
     metrics.update(oracle_metrics(store, "test", label))
+    metrics.update(oracle_metrics(store, "val", label))  # the learning curve's ceiling
     if "test/oracle_auc" in metrics:
         metrics["test/auc_gap"] = metrics["test/oracle_auc"] - metrics["test/auc"]
     metrics.update(
@@ -281,7 +276,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         output_dir / RUN_INFO,
         {
             "identity": identity,
-            "run_name": cfg.run_name,
+            "run_name": run_names.run_display_name(cfg, sweep_context()),
             "mlflow_run_id": run_id,
             "resumed_from": str(resume[0]) if resume else None,
         },
@@ -292,12 +287,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         metrics = fit_and_test(cfg, resume[0] if resume else None, run_id)
         if run_id is not None:
             uri = cfg.logger.tracking_uri
-            mlflow_runs.log_metrics(uri, run_id, metrics, step=int(metrics["train/global_step"]))
             bundle = output_dir / "bundle"
-            if cfg.logger.get("log_model", True) and bundle.is_dir():
-                from cvr.serving.pyfunc import log_pyfunc_model
-
-                log_pyfunc_model(uri, run_id, bundle)
+            log_model = cfg.logger.get("log_model", True) and bundle.is_dir()
+            training_run.finish_run(uri, run_id, metrics, bundle if log_model else None)
             mlflow_runs.end_run(uri, run_id, "FINISHED")
     except BaseException:
         if run_id is not None:
@@ -305,7 +297,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         raise
     write_json_atomic(output_dir / "metrics.json", metrics)
     if cfg.get("print_table", True):
-        print(f"\n{cfg.run_name}  (output: {output_dir})")
+        print(f"\n{run_names.run_display_name(cfg, sweep_context())}  (output: {output_dir})")
         print(metrics_table(metrics))
         if run_id is not None:
             print(f"MLflow run {run_id}: mlflow ui --backend-store-uri {cfg.logger.tracking_uri}")

@@ -105,11 +105,12 @@ def log_pyfunc_model(
     bundle_dir: str | Path,
     input_example: pd.DataFrame | None = None,
     include_code: bool = True,
+    name: str = ARTIFACT_PATH,
 ) -> str:
-    """Log `bundle_dir` as a pyfunc model under artifact path `model` of run `run_id`.
+    """Log `bundle_dir` as a pyfunc model named `name` (default `model`) of run `run_id`.
 
     The bundle is verified first (ManifestError if it does not match its manifest). The run
-    keeps its status (a RUNNING run stays RUNNING). Returns the URI `runs:/<run_id>/model`.
+    keeps its status (a RUNNING run stays RUNNING). Returns the URI `runs:/<run_id>/<name>`.
     """
     predictor = Predictor.load(bundle_dir)
     example = input_example if input_example is not None else input_example_of(predictor)
@@ -118,7 +119,7 @@ def log_pyfunc_model(
     with _tracking_uri(tracking_uri), _cvr_source(include_code) as code_paths:
         with mlflow.start_run(run_id=run_id):
             mlflow.pyfunc.log_model(
-                name=ARTIFACT_PATH,
+                name=name,
                 python_model=BundleModel(),
                 artifacts={BUNDLE_ARTIFACT: str(Path(bundle_dir).resolve())},
                 signature=signature_of(predictor),
@@ -129,7 +130,7 @@ def log_pyfunc_model(
     if status != "FINISHED":
         # Leaving `start_run` marks the run FINISHED; give it back the status it had.
         client.update_run(run_id, status=status)
-    return f"runs:/{run_id}/{ARTIFACT_PATH}"
+    return f"runs:/{run_id}/{name}"
 
 
 @contextlib.contextmanager

@@ -3,12 +3,19 @@
 The default tracking URI is a SQLite file under the output root (MLflow 3 refuses plain folder
 stores); artifacts go to a folder beside it. A server URI is one override away
 (`logger.tracking_uri=http://...`).
+
+What the UI shows is decided here: params hold only what differs in substance (values that are
+paths become tags `path.<key>`), summary metrics are logged once and rounded to 6 significant
+digits, the training data is a dataset input (digest = store fingerprint), and experiments are
+tagged as model-training experiments so the UI opens on their runs, not the GenAI overview.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import re
 import subprocess
 import tempfile
 from collections.abc import Mapping
@@ -25,6 +32,34 @@ log = logging.getLogger(__name__)
 
 #: MLflow rejects longer param values; longer ones are cut with a warning.
 MAX_PARAM_CHARS = 6000
+#: The experiment tag the MLflow 3 UI reads to pick the page an experiment opens on
+#: (mlflow/server/js: `mlflow.experimentKind`; "custom_model_development" = Training runs).
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+TRAINING_EXPERIMENT_KIND = "custom_model_development"
+#: The experiment description shown above the runs table.
+DESCRIPTION_TAG = "mlflow.note.content"
+EXPERIMENT_DESCRIPTION = (
+    "CTR/CVR training runs (cvr). Compare: filter on tags (`tags.dataset = 'criteo'`), add the "
+    "columns test/auc, test/logloss, eff/embedding_bytes, eff/latency_b1_p99_us, select runs, "
+    "Compare; each run has plots/ (learning curve, latency, memory) and summary.md. "
+    "Sweeps: the parent run holds the Pareto report (report/report.md)."
+)
+#: Dataset digests are at most 36 characters in MLflow's store.
+DATASET_DIGEST_CHARS = 12
+_PATH_VALUE = re.compile(r"^(/|~|[a-zA-Z][a-zA-Z0-9+.-]*:///?)")
+
+
+def display_value(value: float) -> float:
+    """Integers unchanged, other values to 6 significant digits (70.93299999999999 -> 70.933)."""
+    value = float(value)
+    if value.is_integer() or not value == value or value in (float("inf"), float("-inf")):
+        return value
+    return float(f"{value:.6g}")
+
+
+def is_path_value(value: Any) -> bool:
+    """True for absolute paths and file/sqlite URIs: run-specific, not a setting."""
+    return isinstance(value, str) and bool(_PATH_VALUE.match(value))
 
 
 def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -53,6 +88,7 @@ def git_commit(cwd: str | os.PathLike | None = None) -> str:
 def ensure_experiment(client: MlflowClient, name: str, artifact_root: str | None) -> str:
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
+        mark_training_experiment(client, experiment)
         return experiment.experiment_id
     location = None
     if artifact_root and "://" not in artifact_root:
@@ -60,11 +96,40 @@ def ensure_experiment(client: MlflowClient, name: str, artifact_root: str | None
         location = Path(artifact_root).resolve().as_uri()
     elif artifact_root:
         location = artifact_root
+    tags = {EXPERIMENT_KIND_TAG: TRAINING_EXPERIMENT_KIND, DESCRIPTION_TAG: EXPERIMENT_DESCRIPTION}
     try:
-        return client.create_experiment(name, artifact_location=location)
+        return client.create_experiment(name, artifact_location=location, tags=tags)
     except mlflow.exceptions.MlflowException:
         # Another job of the same sweep created it first.
         return client.get_experiment_by_name(name).experiment_id
+
+
+def mark_training_experiment(client: MlflowClient, experiment: Any) -> None:
+    """Tag an experiment made before these tags existed (its own choices are kept)."""
+    if EXPERIMENT_KIND_TAG not in experiment.tags:
+        client.set_experiment_tag(
+            experiment.experiment_id, EXPERIMENT_KIND_TAG, TRAINING_EXPERIMENT_KIND
+        )
+    if DESCRIPTION_TAG not in experiment.tags:
+        client.set_experiment_tag(experiment.experiment_id, DESCRIPTION_TAG, EXPERIMENT_DESCRIPTION)
+
+
+def unique_run_name(client: MlflowClient, experiment_id: str, name: str) -> str:
+    """`name`, or `name-2`, `name-3`, ... when runs of that name exist in the experiment."""
+    taken = {
+        r.info.run_name
+        for r in client.search_runs(
+            [experiment_id],
+            filter_string=f"attributes.run_name LIKE '{name.replace(chr(39), '')}%'",
+            max_results=1000,
+        )
+    }
+    if name not in taken:
+        return name
+    n = 2
+    while f"{name}-{n}" in taken:
+        n += 1
+    return f"{name}-{n}"
 
 
 def start_run(
@@ -74,24 +139,38 @@ def start_run(
     tags: dict[str, str] | None = None,
     artifact_root: str | None = None,
     parent_run_id: str | None = None,
+    unique_name: bool = False,
 ) -> str:
-    """Create a run (a child of `parent_run_id` when given) and return its id."""
+    """Create a run (a child of `parent_run_id` when given) and return its id.
+
+    `unique_name`: suffix `-2`, `-3`, ... when the experiment already has a run of that name.
+    """
     ensure_store(tracking_uri)  # create + migrate a SQLite store once, under a file lock
     client = MlflowClient(tracking_uri)
     experiment_id = ensure_experiment(client, experiment, artifact_root)
     all_tags = dict(tags or {})
     if parent_run_id:
         all_tags["mlflow.parentRunId"] = parent_run_id
+    if unique_name:
+        run_name = unique_run_name(client, experiment_id, run_name)
     run = client.create_run(experiment_id, run_name=run_name, tags=all_tags)
     return run.info.run_id
 
 
 def log_config(tracking_uri: str, run_id: str, config: DictConfig) -> None:
-    """Params = the flattened resolved config; the full config is also a YAML artifact."""
+    """Params = the flattened resolved config without paths; the full config is a YAML artifact.
+
+    Values that are paths or file URIs differ between any two runs and say nothing about what
+    was computed, so they are tags `path.<key>` instead (kept out of "show diff only").
+    """
     client = MlflowClient(tracking_uri)
     resolved = OmegaConf.to_container(config, resolve=True)
     params = []
+    path_tags = []
     for key, value in flatten(resolved).items():
+        if is_path_value(value):
+            path_tags.append(mlflow.entities.RunTag(f"path.{key}", str(value)[:5000]))
+            continue
         text = str(value)
         if len(text) > MAX_PARAM_CHARS:
             log.warning("param %s is %d chars; truncated for MLflow", key, len(text))
@@ -99,20 +178,60 @@ def log_config(tracking_uri: str, run_id: str, config: DictConfig) -> None:
         params.append(mlflow.entities.Param(key, text))
     for start in range(0, len(params), 100):
         client.log_batch(run_id, params=params[start : start + 100])
+    for start in range(0, len(path_tags), 100):
+        client.log_batch(run_id, tags=path_tags[start : start + 100])
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "config.yaml"
         path.write_text(OmegaConf.to_yaml(resolved))
         client.log_artifact(run_id, str(path))
 
 
-def log_metrics(tracking_uri: str, run_id: str, metrics: dict[str, float], step: int = 0) -> None:
+def log_metrics(
+    tracking_uri: str,
+    run_id: str,
+    metrics: dict[str, float],
+    step: int = 0,
+    model_id: str | None = None,
+) -> None:
+    """One point per metric at `step`, rounded (display_value); linked to model_id if given."""
     client = MlflowClient(tracking_uri)
+    now = int(mlflow.utils.time.get_current_time_millis())
     items = [
-        mlflow.entities.Metric(k, float(v), int(mlflow.utils.time.get_current_time_millis()), step)
+        mlflow.entities.Metric(k, display_value(v), now, step, model_id=model_id)
         for k, v in metrics.items()
     ]
     for start in range(0, len(items), 500):
         client.log_batch(run_id, metrics=items[start : start + 500])
+
+
+def log_dataset_input(
+    tracking_uri: str,
+    run_id: str,
+    name: str,
+    fingerprint: str,
+    source: dict[str, Any],
+    profile: dict[str, Any],
+    fields: list[str],
+    context: str = "training",
+) -> None:
+    """The training data as an MLflow dataset input (Dataset column and filter of the UI).
+
+    digest = the first DATASET_DIGEST_CHARS of the store fingerprint (the full one is the
+    `dataset_fingerprint` tag); schema = the field names (int32 ids each).
+    """
+    schema = {"mlflow_colspec": [{"type": "integer", "name": f, "required": True} for f in fields]}
+    dataset = mlflow.entities.Dataset(
+        name=name,
+        digest=fingerprint[:DATASET_DIGEST_CHARS],
+        source_type="cvr_store",
+        source=json.dumps(source, default=str),
+        schema=json.dumps(schema),
+        profile=json.dumps(profile, default=str),
+    )
+    tags = [mlflow.entities.InputTag(key="mlflow.data.context", value=context)]
+    MlflowClient(tracking_uri).log_inputs(
+        run_id, datasets=[mlflow.entities.DatasetInput(dataset=dataset, tags=tags)]
+    )
 
 
 def set_tags(tracking_uri: str, run_id: str, tags: dict[str, str]) -> None:

@@ -39,6 +39,14 @@ def sweep_context() -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+def swept_keys(overrides: list[str]) -> list[str]:
+    """The keys a multirun varies: 'model=fm,ffm' -> 'model'; 'trainer.max_epochs=2' is fixed."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    return [o.key_or_group for o in parsed if o.is_sweep_override()]
+
+
 def record_job_failure(output_dir: str | Path, error: BaseException) -> None:
     write_json_atomic(Path(output_dir) / FAILED_FILE, {"error": f"{type(error).__name__}: {error}"})
 
@@ -72,6 +80,8 @@ class MlflowSweepCallback(Callback):
                 "parent_run_id": run_id,
                 "sweep_id": sweep_id,
                 "tracking_uri": config.logger.tracking_uri,
+                # Children are named by what varies (tracking.run_names).
+                "swept_keys": swept_keys(overrides),
             },
         )
         log.info("sweep %s: MLflow parent run %s", sweep_id, run_id)
@@ -82,6 +92,7 @@ class MlflowSweepCallback(Callback):
         parent_file = sweep_dir / PARENT_FILE
         if parent_file.is_file():
             parent = json.loads(parent_file.read_text())
+            log_sweep_report(config, parent, sweep_dir)
             mlflow_runs.end_run(
                 parent["tracking_uri"], parent["parent_run_id"], "FAILED" if failed else "FINISHED"
             )
@@ -89,3 +100,21 @@ class MlflowSweepCallback(Callback):
             log.error(
                 "sweep finished with failed jobs: %s (see %s/*/%s)", failed, sweep_dir, FAILED_FILE
             )
+
+
+def log_sweep_report(config: DictConfig, parent: dict[str, Any], sweep_dir: Path) -> None:
+    """The trade-off report (Pareto fronts, plots) of the sweep's children, on the parent run.
+
+    A report that cannot be made (no finished child, no efficiency metrics) is a warning, not a
+    failed sweep: `scripts/report.py --sweep <id>` can make it later.
+    """
+    from cvr.tracking.report import load_runs, log_report, write_report
+
+    try:
+        runs = load_runs(parent["tracking_uri"], config.logger.experiment, parent["sweep_id"])
+        if runs.empty:
+            return
+        files = write_report(runs, sweep_dir / "report")
+        log_report(parent["tracking_uri"], parent["parent_run_id"], files)
+    except (LookupError, ValueError, KeyError, OSError) as error:
+        log.warning("sweep %s: no trade-off report (%s)", parent["sweep_id"], error)
