@@ -26,8 +26,8 @@ def test_publish_writes_every_row_of_the_bundle_and_moves_the_alias(ffm_bundle, 
     bundle = load_bundle(ffm_bundle)
     model = bundle.model
     client = connect(lite_uri)
-    data = col.read_columns(client, "cvr_ffm_live")  # through the alias
     n = sum(model.cardinalities)
+    data = col.read_columns(client, "cvr_ffm_live", n)  # through the alias
     assert result.rows == n and np.array_equal(data["id"], np.arange(n))
     # The FFM row is the F*k floats of the stacked table, bit for bit; weights likewise.
     np.testing.assert_array_equal(data["vector"], model.embedding.weight.detach().numpy())
@@ -101,6 +101,13 @@ def test_verification_catches_a_changed_row(ffm_bundle, lite_uri):
     client.upsert(result.collection, [row])
     with pytest.raises(StoreError, match="checksum"):
         versions.verify_collection(client, result.collection)
+    row["linear"] -= 1.0
+    client.upsert(result.collection, [row])
+    versions.verify_collection(client, result.collection)  # restored: passes again
+    client.insert(result.collection, [{**row, "id": result.rows}])  # one row too many
+    client.flush(result.collection)
+    with pytest.raises(StoreError, match=f"{result.rows + 1} rows in the collection"):
+        versions.verify_collection(client, result.collection)
 
 
 def test_checksum_depends_on_every_column_not_on_row_order():
@@ -128,6 +135,8 @@ def test_wrong_uris_and_a_locked_lite_directory_are_refused_by_name(tmp_path, li
     not_a_dir.write_text("x")
     with pytest.raises(StoreError, match=f"{not_a_dir}: is a file"):
         connect(str(not_a_dir))
+    with pytest.raises(StoreError, match=r"must end in \.db"):
+        connect(str(tmp_path / "vectors"))
     with pytest.raises(StoreError, match="cannot connect"):
         connect("http://127.0.0.1:1")
     assert split_store_uri("milvus:a/b.db#live") == ("a/b.db", "live")
@@ -147,3 +156,23 @@ def test_lr_models_are_refused(tmp_path, lite_uri):
     bundle = make_random_bundle(tmp_path, "lr")[0]
     with pytest.raises(ValueError, match="cannot publish a LR model"):
         versions.publish(lite_uri, bundle)
+
+
+def test_embeddings_script_publishes_and_lists(ffm_bundle, tmp_path):
+    from cvr.vectorstore.client import close
+    from tests.helpers import run_script
+
+    uri = str(tmp_path / "cli.db")
+    versions.publish(uri, ffm_bundle)
+    close(uri)  # release the Lite directory for the script's process
+
+    def run(*args):
+        return run_script(["scripts/embeddings.py", *args], timeout=300)
+
+    done = run("publish", str(ffm_bundle.parent), "--uri", uri)  # a run folder with bundle/
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "alias cvr_ffm_live -> cvr_ffm_live_v0002 (was cvr_ffm_live_v0001)" in done.stdout
+    listed = run("list", "--uri", uri)
+    assert listed.stdout.count("cvr_ffm_live_v000") == 2 and "*" in listed.stdout
+    bad = run("list", "--uri", "ftp://nowhere")
+    assert bad.returncode == 1 and "error: store URI 'ftp://nowhere': unknown scheme" in bad.stderr

@@ -90,9 +90,18 @@ def close(uri: str) -> None:
     client = _clients.pop(key, None)
     if client is not None:
         client.close()
+        if not is_server_uri(uri):  # pymilvus keeps Lite running (and locked) until exit
+            from milvus_lite.server_manager import server_manager_instance
+
+            server_manager_instance.release_server(key)
 
 
 def _check_lite_dir(path: Path) -> None:
+    if path.suffix != ".db":  # how pymilvus tells a Lite path from a socket or server address
+        raise StoreError(
+            f"Milvus Lite {path}: a Lite data directory name must end in .db "
+            "(e.g. outputs/vectors.db)"
+        )
     if path.exists() and not path.is_dir():
         raise StoreError(
             f"Milvus Lite {path}: is a file; a Lite store is a data directory (give a new or "

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -176,12 +176,26 @@ def insert_rows(
 
 
 def read_columns(
-    client, name: str, batch_rows: int = 8192, progress: Callable[[int], None] | None = None
+    client,
+    name: str,
+    id_end: int,
+    batch_rows: int = 8192,
+    progress: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
-    """Every row of a table collection as columns sorted by id (raw: a list of str)."""
+    """Every row with id in [0, id_end) as columns sorted by id (raw: a list of str).
+
+    Tables are dense (ids 0..N-1), so they are read in id ranges with plain queries (pymilvus's
+    query_iterator asks Lite for a timestamp it does not implement and logs an error each time).
+    """
     ensure_loaded(client, name)
     ids, vectors, linear, field, local, raw, bundles = [], [], [], [], [], [], set()
-    for batch in _iterate(client, name, batch_rows):
+    for lo in range(0, id_end, batch_rows):
+        hi = min(id_end, lo + batch_rows)
+        batch = client.query(
+            name, filter=f"id >= {lo} and id < {hi}", output_fields=list(FIELDS), limit=hi - lo
+        )
+        if not batch:
+            continue
         ids.append(np.fromiter((r["id"] for r in batch), np.int64, len(batch)))
         vectors.append(np.asarray([r["vector"] for r in batch], dtype=np.float32))
         linear.append(np.fromiter((r["linear"] for r in batch), np.float32, len(batch)))
@@ -204,17 +218,6 @@ def read_columns(
         "raw": [raw[i] for i in order],
         "bundle": sorted(bundles),
     }
-
-
-def _iterate(client, name: str, batch_rows: int) -> Iterator[list[dict[str, Any]]]:
-    iterator = client.query_iterator(
-        name, batch_size=batch_rows, filter="id >= 0", output_fields=list(FIELDS)
-    )
-    try:
-        while batch := iterator.next():
-            yield batch
-    finally:
-        iterator.close()
 
 
 def row_count(client, name: str) -> int:

@@ -134,10 +134,12 @@ def verify_collection(
 ) -> dict[str, Any]:
     """Read every row back; StoreError unless the count and checksum equal the metadata's."""
     meta = meta or col.read_meta(client, name)
-    data = col.read_columns(client, name, progress=progress)
-    if len(data["id"]) != meta["rows"]:
+    data = col.read_columns(client, name, meta["rows"], progress=progress)
+    counted = col.row_count(client, name)
+    if len(data["id"]) != meta["rows"] or counted != meta["rows"]:
         raise StoreError(
-            f"collection {name!r}: {len(data['id'])} rows read back, {meta['rows']} written"
+            f"collection {name!r}: {counted} rows in the collection, {len(data['id'])} of ids "
+            f"0..{meta['rows'] - 1} read back, {meta['rows']} written"
         )
     if meta["rows"]:
         checksum = rows_checksum(
