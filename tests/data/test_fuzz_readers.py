@@ -15,9 +15,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cvr.data.errors import DataError
+from cvr.data.numbers import parse_numbers_checked as _parse_numbers_checked
 from cvr.data.preprocess import Preprocessor
 from cvr.data.readers import LINE_COLUMN, open_reader, parse_numbers
-from cvr.data.numbers import parse_numbers_checked as _parse_numbers_checked
 from cvr.data.schema import Schema
 
 # CVR_FUZZ_EXAMPLES=2000 for a longer hunt; the suite keeps it short.

@@ -116,7 +116,7 @@ def random_split_codes(
     """int8 split codes (0 train, 1 val, 2 test) from a seeded hash of each (file, line)."""
     state = np.uint64(int(seed) % (1 << 64)) + np.asarray(lines, dtype=np.uint64) * _GOLDEN
     if file_index:
-        state = state + np.uint64(file_index) * _FILE_STRIDE
+        state = state + np.uint64((file_index * int(_FILE_STRIDE)) % (1 << 64))
     u = (mix64(state) >> np.uint64(11)).astype(np.float64) * 2.0**-53
     return np.where(u < test, TEST, np.where(u < test + val, VAL, TRAIN)).astype(np.int8)
 

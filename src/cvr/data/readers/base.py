@@ -233,7 +233,8 @@ class Reader:
 
 
 class TextReader(Reader):
-    """A reader of line-per-record text: options `block_bytes` and `max_line_bytes`."""
+    """A reader of line-per-record text: options `block_bytes` and `max_line_bytes`; the Dask
+    engine also passes `byte_range` and `first_line` to read one block of a file."""
 
     def __init__(
         self,
@@ -242,9 +243,14 @@ class TextReader(Reader):
         *,
         block_bytes: int = DEFAULT_BLOCK_BYTES,
         max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
+        byte_range: tuple[int, int] | None = None,
+        first_line: int = 1,
         **kwargs,
     ) -> None:
         super().__init__(path, schema, **kwargs)
+        # A part of a file (a Dask block): its byte range and the number of its first line.
+        self.byte_range = tuple(byte_range) if byte_range is not None else None
+        self.first_line = int(first_line)
         for key, value in (("block_bytes", block_bytes), ("max_line_bytes", max_line_bytes)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise SchemaError(f"data.{key}: expected a positive integer, got {value!r}")
@@ -252,7 +258,14 @@ class TextReader(Reader):
         self.max_line_bytes = int(max_line_bytes)
 
     def _blocks(self) -> Iterator[LineBlock]:
-        return iter_line_blocks(self.path, self.chunk_rows, self.block_bytes, self.max_line_bytes)
+        return iter_line_blocks(
+            self.path,
+            self.chunk_rows,
+            self.block_bytes,
+            self.max_line_bytes,
+            self.byte_range,
+            self.first_line,
+        )
 
     def _too_long(self, block: LineBlock, problems: Problems) -> None:
         limit = self.max_line_bytes

@@ -70,6 +70,7 @@ class DelimitedReader(TextReader):
         self.columns = list(columns) if columns else None
         self.quote_char = quote_char or None
         self.min_columns = min_columns
+        self.header_lines = 0  # 1 once the header line has been read (the latest pass)
 
     def _empty_hint(self) -> str:
         return " or has only its header" if self.header else ""
@@ -114,6 +115,7 @@ class DelimitedReader(TextReader):
         names = self.columns
         positions = self._check_columns(names) if names else None
         at_start = self.header
+        self.header_lines = 0
         for block in self._blocks():
             if at_start:
                 header_names = self._parse_header(block)
@@ -121,6 +123,7 @@ class DelimitedReader(TextReader):
                 positions = self._check_columns(names)
                 block = block.slice(1, len(block))
                 at_start = False
+                self.header_lines = 1
                 if len(block) == 0:
                     continue
             yield self._chunk(block, names, positions)

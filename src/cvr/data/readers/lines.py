@@ -97,19 +97,31 @@ def iter_line_blocks(
     chunk_rows: int,
     block_bytes: int = DEFAULT_BLOCK_BYTES,
     max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
+    byte_range: tuple[int, int] | None = None,
+    first_line: int = 1,
 ) -> Iterator[LineBlock]:
-    """Yield LineBlocks of at most `chunk_rows` lines each, in file order."""
+    """Yield LineBlocks of at most `chunk_rows` lines each, in file order.
+
+    `byte_range` (start, stop) reads only those bytes of an uncompressed file (both must be
+    line starts, see `line_aligned_ranges`); its first line is numbered `first_line`.
+    """
     if max_line_bytes < 1:
         raise ValueError(f"data.max_line_bytes: expected a positive integer, got {max_line_bytes}")
-    first = 1
+    first = first_line
     carry = b""
     skipping = False  # inside an over-long line whose bytes are being dropped
     long_head = False  # the first line of the next segment is the end of an over-long line
     path = Path(path)
+    left = None
     with open_bytes(path) as fh:
+        if byte_range is not None:
+            fh.seek(byte_range[0])
+            left = byte_range[1] - byte_range[0]
         while True:
             try:
-                block = fh.read(block_bytes)
+                block = fh.read(block_bytes if left is None else min(block_bytes, left))
+                if left is not None:
+                    left -= len(block)
             except (OSError, pa.ArrowException, lzma.LZMAError, EOFError) as exc:
                 raise DataError(
                     f"{path}: cannot read past line {first - 1} ({type(exc).__name__}: {exc})"
@@ -139,6 +151,29 @@ def iter_line_blocks(
                     first += len(piece)
             if eof:
                 return
+
+
+def line_aligned_ranges(path: str | Path, target_bytes: int) -> list[tuple[int, int]]:
+    """Byte ranges of about `target_bytes` covering an uncompressed file, each starting just
+    after an LF (an LF always ends a line, so every range starts a line)."""
+    path = Path(path)
+    size = path.stat().st_size
+    cuts = [0]
+    with open(path, "rb") as fh:
+        pos = target_bytes
+        while pos < size:
+            fh.seek(pos)
+            probe = fh.read(1 << 20)
+            lf = probe.find(b"\n")
+            if lf < 0:  # no LF within 1 MiB: do not cut here
+                pos += len(probe) or 1
+                continue
+            cut = pos + lf + 1
+            if cut < size:
+                cuts.append(cut)
+            pos = cut + target_bytes
+    cuts.append(size)
+    return [(a, b) for a, b in zip(cuts[:-1], cuts[1:], strict=True) if b > a]
 
 
 def _first_terminator(block: bytes) -> int:
