@@ -47,9 +47,43 @@ def test_pyfunc_model_scores_like_the_predictor(logged):
     # Columns are optional: an absent field is a missing value.
     partial = frame[["site", "price"]].head(5)
     np.testing.assert_allclose(model.predict(partial), predictor.predict(partial), atol=1e-6)
-    # Bad values fail naming the column: MLflow's signature check runs before the Predictor.
-    with pytest.raises(mlflow.exceptions.MlflowException, match="column price"):
+    # A bad value fails with the Predictor's DataError message, naming the field.
+    with pytest.raises(mlflow.exceptions.MlflowException, match="field 'price'"):
         model.predict(pd.DataFrame({"price": ["cheap"]}))
+
+
+def test_pyfunc_model_returns_one_prediction_per_row_even_with_no_known_field(logged):
+    uri, _, model_uri, bundle, _ = logged
+    model = _load(uri, model_uri)
+    unknown = pd.DataFrame({"colour": ["red", "blue"]})
+    got = np.asarray(model.predict(unknown))
+    assert got.shape == (2,)
+    missing = Predictor.load(bundle).predict([{}, {}])
+    np.testing.assert_allclose(got, missing, atol=1e-6)
+    mixed = pd.DataFrame({"colour": ["red", "blue", "x"], "site": [None, "s1", None]})
+    assert np.asarray(model.predict(mixed)).shape == (3,)
+
+
+def test_pyfunc_model_is_logged_from_code_not_pickled(logged):
+    uri, _, model_uri, _, _ = logged
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    try:
+        local = Path(mlflow.artifacts.download_artifacts(model_uri))
+    finally:
+        mlflow.set_tracking_uri(previous)
+    assert not list(local.rglob("*.pkl")), "a pickled python_model was logged"
+    mlmodel = (local / "MLmodel").read_text()
+    assert "pyfunc_model.py" in mlmodel
+
+
+def _load(uri: str, model_uri: str):
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    try:
+        return mlflow.pyfunc.load_model(model_uri)
+    finally:
+        mlflow.set_tracking_uri(previous)
 
 
 def test_logged_model_has_signature_example_and_pinned_requirements(logged):
@@ -62,12 +96,14 @@ def test_logged_model_has_signature_example_and_pinned_requirements(logged):
         requirements = Path(mlflow.pyfunc.get_model_dependencies(model_uri)).read_text()
     finally:
         mlflow.set_tracking_uri(previous)
-    inputs = model_info.signature.inputs
-    assert inputs.input_names() == ["site", "user", "ad", "price", "age"]
-    assert [t.name for t in inputs.input_types()] == ["string"] * 3 + ["double"] * 2
-    assert all(not col.required for col in inputs.inputs)
+    # Output-only signature (an input schema drops rows with no known field); the fields and
+    # their types are the model's metadata.
+    assert model_info.signature.inputs is None
+    fields = model_info.metadata["fields"]
+    assert [f["name"] for f in fields] == ["site", "user", "ad", "price", "age"]
+    assert [f["type"] for f in fields] == ["string"] * 3 + ["double"] * 2
     example = input_example_of(Predictor.load(bundle))
-    assert list(example.columns) == inputs.input_names() and len(example) == 3
+    assert list(example.columns) == [f["name"] for f in fields] and len(example) == 3
     pins = pip_requirements()
     assert any(pin.startswith("torch==") for pin in pins)
     assert all(pin in requirements for pin in pins)

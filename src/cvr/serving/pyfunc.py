@@ -4,11 +4,13 @@
     mlflow.pyfunc.load_model(uri).predict(df)   # float64 probabilities (n,)
 
 The bundle directory is the model's one artifact; `load_context` runs `Predictor.load` on it, so
-the logged model verifies the bundle's checksums and scores exactly like the Predictor. The
-signature names every field as an optional column (categorical: string, numeric: double);
-absent columns are missing values. MLflow enforces those types before the model sees the data
-and refuses an int64 column for a double field as unsafe, so cast numbers to float (the
-scoring server parses JSON by the signature and needs no cast).
+the logged model verifies the bundle's checksums and scores exactly like the Predictor: one
+probability per input row, always (absent fields are missing values, unknown columns are
+ignored, a row with no known field scores as all-missing). The model is logged "from code"
+(`pyfunc_model.py`), so loading it runs only the project's code and unpickles nothing. The
+signature declares the output only (see `signature_of`); the fields and their types are in the
+model metadata and the input example. A bad value is a 400 carrying the Predictor's DataError
+message (the field and what was wrong), without a stack trace.
 
 Logging never resolves packages over the network: the pip requirements are the installed
 versions of the packages the predictor imports, read locally. The `cvr` package itself is not
@@ -29,14 +31,18 @@ from typing import Any
 import mlflow
 import numpy as np
 import pandas as pd
+from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
 from mlflow.tracking import MlflowClient
 from mlflow.types import ColSpec
 from mlflow.types import Schema as MlflowSchema
 
+from cvr.data.errors import DataError
 from cvr.serving.predictor import Predictor
 
 ARTIFACT_PATH = "model"
+#: The model-from-code file MLflow runs on load (it builds a BundleModel; nothing is pickled).
+MODEL_CODE = Path(__file__).with_name("pyfunc_model.py")
 BUNDLE_ARTIFACT = "bundle"
 # Distributions the predictor imports (directly or through cvr.pipelines.train.build_model).
 _REQUIREMENTS = (
@@ -61,17 +67,34 @@ class BundleModel(mlflow.pyfunc.PythonModel):
         self.predictor = Predictor.load(context.artifacts[BUNDLE_ARTIFACT])
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: Any = None) -> np.ndarray:
-        """Probabilities float64 (n,) for a DataFrame with one column per field name."""
-        return self.predictor.predict(model_input)
+        """Probabilities float64 (n,), one per input row, for a DataFrame (or list of dicts).
+
+        A bad value raises an MlflowException carrying the DataError's message (the field and
+        what was wrong), which the scoring server returns as a 400 without a stack trace.
+        """
+        try:  # columns that are not fields are ignored; a row with none scores as all-missing
+            return self.predictor.predict(model_input)
+        except DataError as exc:
+            raise MlflowException.invalid_parameter_value(str(exc)) from None
 
 
 def signature_of(predictor: Predictor) -> ModelSignature:
-    """Optional columns named by the fields (categorical: string, numeric: double) -> double."""
-    columns = [
-        ColSpec("double" if f.kind == "numeric" else "string", f.name, required=False)
+    """Outputs only: one double per input row.
+
+    An input schema would make MLflow rebuild the frame from the columns it knows, so records
+    with no known field came back as zero rows (and zero predictions); the Predictor checks
+    values itself and names the field. The fields and their types are in the input example and
+    in the model's metadata (`fields`).
+    """
+    return ModelSignature(inputs=None, outputs=MlflowSchema([ColSpec("double")]))
+
+
+def fields_metadata(predictor: Predictor) -> list[dict[str, str]]:
+    """[{name, type}] of every field (categorical: string, numeric: double), all optional."""
+    return [
+        {"name": f.name, "type": "double" if f.kind == "numeric" else "string"}
         for f in predictor.bundle.schema.fields
     ]
-    return ModelSignature(inputs=MlflowSchema(columns), outputs=MlflowSchema([ColSpec("double")]))
 
 
 def input_example_of(predictor: Predictor, rows: int = 3) -> pd.DataFrame:
@@ -120,9 +143,10 @@ def log_pyfunc_model(
         with mlflow.start_run(run_id=run_id):
             mlflow.pyfunc.log_model(
                 name=name,
-                python_model=BundleModel(),
+                python_model=str(MODEL_CODE),  # model from code: loading unpickles nothing
                 artifacts={BUNDLE_ARTIFACT: str(Path(bundle_dir).resolve())},
                 signature=signature_of(predictor),
+                metadata={"fields": fields_metadata(predictor)},
                 input_example=example,
                 pip_requirements=pip_requirements(),
                 code_paths=code_paths,
