@@ -22,8 +22,8 @@ REPO = Path(__file__).resolve().parents[1]
 #: Per-model overrides: the fused CPU kernels where they exist.
 MODEL_OVERRIDES = {
     "lr": ["model=lr"],
-    "fm": ["model=fm", "model.backend=fused"],
-    "ffm": ["model=ffm", "model.backend=fused"],
+    "fm": ["model=fm", "backend=fused"],
+    "ffm": ["model=ffm", "backend=fused"],
     "fwfm": ["model=fwfm"],
 }
 

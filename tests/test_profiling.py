@@ -12,7 +12,7 @@ from lightning.pytorch.loggers import Logger
 from cvr.callbacks import EfficiencyProfile
 from cvr.data.datamodule import StoreDataModule
 from cvr.data.synthetic import build_synthetic_store
-from cvr.models.ctr import FFM, FM
+from cvr.models.ctr import FFM, FM, FwFM
 from cvr.models.embeddings import QREmbedding
 from cvr.models.module import CTRModule
 from cvr.profiling import checkpoint_bytes, embedding_bytes, profile_model
@@ -55,14 +55,36 @@ def test_profile_model_reports_every_figure():
     assert torch.get_num_threads() == threads_before and model.training
 
 
-def test_profile_times_the_modules_predict_logits():
+def test_profile_times_the_backend_it_is_given():
     module = CTRModule(FM(CARDS, dim=2))
+    backend = module.scoring_backend()
     calls = []
-    original = module.predict_logits
-    module.predict_logits = lambda ids: calls.append(len(ids)) or original(ids)
-    profile_model(module, random_ids(CARDS, 10).numpy(), **FAST)
+    original = backend.logits
+    backend.logits = lambda ids: calls.append(len(ids)) or original(ids)
+    profile_model(module, random_ids(CARDS, 10).numpy(), backend=backend, **FAST)
     # warm-up + timed calls at each batch size, then the throughput batch
     assert set(calls) == {*BATCHES, 256} and len(calls) >= 3 * 5
+
+
+def test_profile_times_the_path_the_predictor_serves(monkeypatch):
+    """Without a backend, the profile asks select_backend for the serving choice, as the
+    Predictor does: the fused kernels for an FM with plain tables, autograd otherwise."""
+    import cvr.profiling as profiling
+    from cvr.backends import fused_unsupported
+
+    chosen = []
+    real = profiling.select_backend
+
+    def spy(*args, **kwargs):
+        backend, reason = real(*args, **kwargs)
+        chosen.append(backend.name)
+        return backend, reason
+
+    monkeypatch.setattr(profiling, "select_backend", spy)
+    profile_model(FM(CARDS, dim=2), random_ids(CARDS, 10).numpy(), **FAST)
+    profile_model(FwFM(CARDS, dim=2), random_ids(CARDS, 10).numpy(), **FAST)
+    expected = "fused" if fused_unsupported(FM(CARDS, dim=2)) is None else "autograd"
+    assert chosen == [expected, "autograd"]
 
 
 def test_checkpoint_bytes_is_the_file_size_when_there_is_a_file(tmp_path: Path):

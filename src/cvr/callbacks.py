@@ -5,7 +5,7 @@ post-training quantization of its tables costs in quality (`cvr.models.quantize`
 
 - during fit: wall time and samples of every training epoch, timed from the epoch's start to its
   last training batch (validation excluded);
-- `on_fit_end`: `profile_model` of the module (its `predict_logits` path) on rows of the sample
+- `on_fit_end`: `profile_model` of the module's model (on the serving backend) on rows of the sample
   split, plus `eff/train_samples_per_s` and `eff/epoch_seconds` (medians over the epochs after the
   first; the only epoch when there is one), and `eff/<precision>/...` for each `quantize` entry;
 - `on_test_end` (only when `quantize` is set): `test/<precision>/auc` and `test/<precision>/logloss`
@@ -82,7 +82,8 @@ class EfficiencyProfile(L.Callback):
         self._epoch_samples = 0
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
-        self._epoch_samples += len(batch[0])
+        # Under DDP each process trains an equal share of every global batch.
+        self._epoch_samples += len(batch[0]) * trainer.world_size
         self._last_batch_end = time.perf_counter()
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -104,7 +105,7 @@ class EfficiencyProfile(L.Callback):
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not self.enabled or not trainer.is_global_zero:
             return
-        model, _ = unwrap(pl_module)
+        model = unwrap(pl_module)
         sample = self._sample_ids(trainer, model)
         metrics = profile_model(
             pl_module,
@@ -131,7 +132,7 @@ class EfficiencyProfile(L.Callback):
             return
         ids = store.ids("test")
         labels = store.labels("test", getattr(trainer.datamodule, "label", None))
-        model, _ = unwrap(pl_module)
+        model = unwrap(pl_module)
         metrics: dict[str, float] = {}
         for precision in self.quantize:
             try:

@@ -22,9 +22,9 @@
 Latency is measured after `warmup` untimed calls, one `perf_counter_ns` pair per call, inputs
 cycling through the sample rows (so lookups are not all cache-hot on one batch), under
 `torch.inference_mode()` with the model in eval mode and `torch.set_num_threads(threads)`; the
-previous thread count and train/eval mode are restored afterwards. The call timed is
-`module.predict_logits(ids)` when given a module that has it (the path the module serves with,
-fused kernels included), else `model(ids)`.
+previous thread count and train/eval mode are restored afterwards. The call timed is the scoring
+backend's `logits(ids)`: the one `cvr.backends.select_backend` picks for serving this model on its
+device (what the Predictor runs), fused kernels included, unless a backend is passed.
 
 Figures are wall-clock on a shared machine: compare them only within one run (see BENCHMARKS.md).
 """
@@ -42,18 +42,16 @@ import numpy as np
 import torch
 from torch import nn
 
+from cvr.backends import TrainingBackend, select_backend
 from cvr.models.quantize import module_device, outermost_tables, quantize_model
 
 Predict = Callable[[torch.Tensor], torch.Tensor]
 
 
-def unwrap(model_or_module: nn.Module) -> tuple[nn.Module, Predict]:
-    """(the CTR model, the function inference calls) for a model or a CTRModule-like wrapper."""
-    predict = getattr(model_or_module, "predict_logits", None)
-    model = getattr(model_or_module, "model", model_or_module)
-    if not isinstance(model, nn.Module):
-        model = model_or_module
-    return model, predict if callable(predict) else model_or_module
+def unwrap(model_or_module: nn.Module) -> nn.Module:
+    """The CTR model of a LightningModule that holds one as `.model`, else the model itself."""
+    model = getattr(model_or_module, "model", None)
+    return model if isinstance(model, nn.Module) else model_or_module
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -131,13 +129,18 @@ def profile_model(
     warmup: int = 5,
     throughput_repeats: int = 5,
     checkpoint_path: str | Path | None = None,
+    backend: TrainingBackend | None = None,
 ) -> dict[str, float]:
-    """The efficiency profile of a model (or a module with `predict_logits`); see the module doc.
+    """The efficiency profile of a model (or a module holding it as `.model`); see the module doc.
 
     sample_ids: int (N, F) field-local ids to draw inference batches from (any N >= 1; rows are
-    reused cyclically). repeats: timed calls per latency batch size. Returns {name: float}.
+    reused cyclically). repeats: timed calls per latency batch size. backend: the scoring path
+    to time; None selects the serving one. Returns {name: float}.
     """
-    model, predict = unwrap(model_or_module)
+    model = unwrap(model_or_module)
+    if backend is None:
+        backend, _ = select_backend(model, "auto", module_device(model))
+    predict = backend.logits
     tables = embedding_bytes(model)
     result: dict[str, float] = {
         "eff/params": float(count_parameters(model)),
@@ -148,8 +151,8 @@ def profile_model(
     }
     device = module_device(model)
     previous_threads = torch.get_num_threads()
-    was_training = model_or_module.training
-    model_or_module.eval()
+    was_training = model.training
+    model.eval()
     torch.set_num_threads(threads)
     try:
         with torch.inference_mode():
@@ -168,7 +171,7 @@ def profile_model(
             )
     finally:
         torch.set_num_threads(previous_threads)
-        model_or_module.train(was_training)
+        model.train(was_training)
     result["eff/inference_peak_rss_mb"] = peak_rss_mb()
     return result
 

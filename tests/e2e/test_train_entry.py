@@ -72,8 +72,8 @@ def test_unknown_key_is_rejected(tmp_path):
         "fm",
         "ffm",
         "fwfm",
-        "fm model.backend=autograd",
-        "ffm model.backend=autograd",
+        "fm backend=autograd",
+        "ffm backend=autograd",
         "ffm embedding=hashed embedding.buckets=100",  # fused falls back to autograd
         "fm embedding=qr embedding.threshold=50",
         "fwfm embedding=mixed_dim",

@@ -14,7 +14,7 @@ from cvr.models.embeddings import (
     QREmbedding,
     power_rule_dims,
 )
-from cvr.models.module import split_sparse_parameters
+from cvr.backends.autograd import split_sparse_parameters
 from cvr.pipelines.train import build_model
 from tests.helpers import CONF
 

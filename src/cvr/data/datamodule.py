@@ -49,6 +49,11 @@ class SliceBatches(Dataset):
     ) -> None:
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} outside [0, {world_size})")
+        if batch_size < world_size:
+            raise ValueError(
+                f"datamodule.batch_size={batch_size} is the global batch: it needs at least one "
+                f"row for each of the {world_size} processes"
+            )
         self.ids = ids
         self.labels = labels
         self.batch_size = batch_size

@@ -1,6 +1,7 @@
 """Fused CPU kernels (numba) for FM and FFM: per-example in-place training and fast logits.
 
     ok, reason = fused_available()           # numba importable and the kernels compile
+    why_not = fused_unsupported(model)       # None, or why the kernels cannot run this model
     trainer = FusedTrainer(model, optimizer="adagrad", lr=0.1, threads=1)
     loss = trainer.train_batch(ids, labels)  # ids int (B, F) field-local, labels float (B,)
     logits = fused_logits(model, ids)        # float32 (B,)
@@ -22,6 +23,7 @@ from cvr.kernels.ffm import FFMPredictor, FusedFFMTrainer
 from cvr.kernels.fm import FMPredictor, FusedFMTrainer
 from cvr.kernels.fused import FUSED_AVAILABLE, UNAVAILABLE_REASON, FusedTrainerBase
 from cvr.models.ctr import FFM, FM
+from cvr.models.tables import FullEmbedding
 
 __all__ = [
     "FUSED_AVAILABLE",
@@ -33,6 +35,7 @@ __all__ = [
     "FusedTrainer",
     "fused_available",
     "fused_logits",
+    "fused_unsupported",
     "predictor",
 ]
 
@@ -47,6 +50,37 @@ def _kind(model: torch.nn.Module) -> type:
         if isinstance(model, kind):
             return kind
     raise TypeError(f"fused kernels run FM and FFM models, got {type(model).__name__}")
+
+
+def fused_unsupported(model: torch.nn.Module) -> str | None:
+    """None if the fused kernels can train and score `model`, else the reason they cannot.
+
+    The capability check callers ask before building a kernel (`cvr.backends.select_backend`),
+    so a constructor that raises is a bug, never a "not supported" answer. Mirrors the checks of
+    `fused.check_model`, `field_layout` and `param_array`; the probe (`fused_available`) is last
+    because it compiles the kernels on first use.
+    """
+    kind = next((k for k in (FFM, FM) if isinstance(model, k)), None)
+    if kind is None:
+        return f"the fused kernels run FM and FFM, not {type(model).__name__}"
+    for part in ("embedding", "linear"):
+        table = getattr(model, part, None)
+        if type(table) is not FullEmbedding:
+            return (
+                f"the fused kernels need plain `full` tables, model.{part} is "
+                f"{type(table).__name__}"
+            )
+    for name, param in (
+        ("embedding.weight", model.embedding.weight),
+        ("linear.weight", model.linear.weight),
+        ("bias", model.bias),
+    ):
+        if param.device.type != "cpu" or param.dtype != torch.float32 or not param.is_contiguous():
+            return f"the fused kernels need {name} as contiguous float32 on the CPU"
+    if not torch.equal(model.embedding.offsets.cpu(), model.linear.offsets.cpu()):
+        return "model.linear and model.embedding do not share field offsets"
+    ok, reason = fused_available()
+    return None if ok else reason
 
 
 def FusedTrainer(model: torch.nn.Module, **options) -> FusedTrainerBase:

@@ -26,23 +26,16 @@ EmbeddingFactory = Callable[..., nn.Module]
 class CTRModel(nn.Module):
     """Bias + linear term over field-local ids; subclasses add a second-order term."""
 
-    #: True where the fused CPU kernels (cvr.kernels) can run this model.
-    fused_capable = False
-
     def __init__(
         self,
         cardinalities: Sequence[int],
         dim: int = 4,
         embedding: EmbeddingFactory = FullEmbedding,
-        backend: str = "autograd",
     ) -> None:
         super().__init__()
-        if backend not in ("autograd", "fused"):
-            raise ValueError(f"model.backend must be 'autograd' or 'fused', got {backend!r}")
         self.cardinalities = [int(c) for c in cardinalities]
         self.num_fields = len(self.cardinalities)
         self.dim = int(dim)
-        self.backend = backend
         self.linear = FullEmbedding(self.cardinalities, 1, init_std=0.0)
         self.bias = nn.Parameter(torch.zeros(1))
 
@@ -64,10 +57,8 @@ class LR(CTRModel):
 class FM(CTRModel):
     """Factorization machine: one k-dim vector per feature value."""
 
-    fused_capable = True
-
-    def __init__(self, cardinalities, dim=4, embedding=FullEmbedding, backend="autograd"):
-        super().__init__(cardinalities, dim, embedding, backend)
+    def __init__(self, cardinalities, dim=4, embedding=FullEmbedding):
+        super().__init__(cardinalities, dim, embedding)
         self.embedding = embedding(cardinalities=self.cardinalities, dim=self.dim)
 
     def interaction(self, ids: torch.Tensor) -> torch.Tensor:
@@ -80,10 +71,8 @@ class FFM(CTRModel):
     The table is one (num_features, F * k) embedding, viewed as (num_features, F, k).
     """
 
-    fused_capable = True
-
-    def __init__(self, cardinalities, dim=4, embedding=FullEmbedding, backend="autograd"):
-        super().__init__(cardinalities, dim, embedding, backend)
+    def __init__(self, cardinalities, dim=4, embedding=FullEmbedding):
+        super().__init__(cardinalities, dim, embedding)
         self.embedding = embedding(cardinalities=self.cardinalities, dim=self.num_fields * self.dim)
         pair_i, pair_j = field_pairs(self.num_fields)
         self.register_buffer("pair_i", pair_i, persistent=False)
@@ -101,8 +90,8 @@ class FFM(CTRModel):
 class FwFM(CTRModel):
     """Field-weighted FM: FM vectors with one learned weight per field pair."""
 
-    def __init__(self, cardinalities, dim=4, embedding=FullEmbedding, backend="autograd"):
-        super().__init__(cardinalities, dim, embedding, backend)
+    def __init__(self, cardinalities, dim=4, embedding=FullEmbedding):
+        super().__init__(cardinalities, dim, embedding)
         self.embedding = embedding(cardinalities=self.cardinalities, dim=self.dim)
         pair_i, pair_j = field_pairs(self.num_fields)
         self.register_buffer("pair_i", pair_i, persistent=False)

@@ -19,8 +19,10 @@ non-persistent buffer, added once per call.
 | `QREmbedding`       | `qr_embedding.py`        | quotient-remainder compositional rows          |
 | `MixedDimEmbedding` | `mixed_dim_embedding.py` | power-rule widths, projected back to `dim`     |
 
-Every variant stores its rows in `FullEmbedding` blocks, so the sparse-optimiser split
-(`module.split_sparse_parameters`) and `quantize.quantize_model` reach every variant's rows.
+Every variant stores its rows in `FullEmbedding` blocks (each an `nn.Embedding`, so DDP
+all-reduces their sparse gradients as sparse), so the sparse-optimiser split
+(`cvr.backends.autograd.split_sparse_parameters`) and `quantize.quantize_model` reach every
+variant's rows.
 """
 
 from cvr.models.hashed_embedding import HashedEmbedding

@@ -1,76 +1,68 @@
 """CTRModule: the LightningModule that trains any CTR model on (ids, labels) batches.
 
-It owns the loss (BCE with logits), the optimisers, and metric accumulation over the whole
-validation/test split (predictions are concatenated and scored once, never an average of
-per-batch AUCs). Logged names: `train/loss`, `train/samples_per_s`, `val/auc`, `val/logloss`,
-`val/ne`, `val/calibration`, `val/auc_best`, `test/...`.
+It owns the loss bookkeeping, metric accumulation over the whole validation/test split
+(predictions are concatenated, gathered from every process under DDP, and scored once, never an
+average of per-batch AUCs) and the names it logs: `train/loss`, `train/samples_per_s`,
+`train/param_checksum`, `val/auc`, `val/logloss`, `val/ne`, `val/calibration`, `val/auc_best`,
+`test/...`.
 
-Optimisation is manual so that one code path serves a single dense optimiser, a sparse + dense
-pair (SparseAdam cannot take dense gradients) and the fused CPU kernels (`model.backend=fused`),
-which update the touched rows in place.
+How a batch trains and scores is the backend's (`cvr.backends`): autograd + torch.optim, or the
+fused CPU kernels. The module is handed a selected backend, or selects one in `setup` from its
+trainer's device and strategy; either way `select_backend` decides, once. Optimisation is manual
+so that one code path serves every backend.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
 from typing import Any
 
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
+from cvr.backends import BackendError, Optimization, TrainingBackend, select_backend
+from cvr.backends.distributed import (
+    checksums_agree,
+    gather_concat,
+    parameter_checksum,
+    strategy_name,
+)
+from cvr.backends.select import fused_unsupported
 from cvr.metrics import binary_metrics
-from cvr.models.embeddings import FullEmbedding
 
 log = logging.getLogger(__name__)
 
-OptimizerFactory = Callable[..., torch.optim.Optimizer]
-
-
-def split_sparse_parameters(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
-    """(parameters that receive sparse gradients, all the others)."""
-    sparse_ids = {
-        id(m.weight) for m in model.modules() if isinstance(m, FullEmbedding) and m.sparse
-    }
-    sparse = [p for p in model.parameters() if id(p) in sparse_ids]
-    dense = [p for p in model.parameters() if id(p) not in sparse_ids]
-    return sparse, dense
-
-
-class FusedStepMarker(torch.optim.Optimizer):
-    """Stands in for the optimiser when the fused kernels train.
-
-    The kernels update the touched rows inside `train_batch`; Lightning still needs an optimiser
-    step per batch to count `global_step` (step checkpoints, logging cadence), so this one's
-    `step` only marks that an update happened.
-    """
-
-    def __init__(self, params) -> None:
-        super().__init__(params, {"lr": 0.0})
-
-    def step(self, closure=None):
-        return None
-
 
 class CTRModule(L.LightningModule):
+    """Trains `model` with a backend.
+
+    backend: a backend from `select_backend` (checked against the trainer in `setup`), or a
+    request ("auto", "fused", "autograd") selected in `setup`. optimization and threads are used
+    only when selecting here.
+    """
+
     def __init__(
         self,
         model: nn.Module,
-        optimizer: OptimizerFactory | None = None,
-        sparse_optimizer: OptimizerFactory | None = None,
-        fused: dict[str, Any] | None = None,
+        backend: TrainingBackend | str = "auto",
+        optimization: Optimization | None = None,
+        threads: int = 1,
     ) -> None:
         super().__init__()
         self.automatic_optimization = False
         self.model = model
-        self.optimizer_factory = optimizer or (lambda params: torch.optim.Adagrad(params, lr=0.05))
-        self.sparse_optimizer_factory = sparse_optimizer
-        self.fused_trainer = None
-        if getattr(model, "backend", "autograd") == "fused":
-            self.fused_trainer = self._make_fused_trainer(fused or {})
+        self.backend: TrainingBackend | None = None
+        self.backend_reason = ""
+        if isinstance(backend, TrainingBackend):
+            self.backend, self.requested = backend, backend.name
+            self.optimization = backend.optimization
+        else:
+            self.requested, self.optimization = backend, optimization or Optimization()
+        self.threads = threads
         self._outputs: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
         self._epoch_start = 0.0
         self._epoch_samples = 0
@@ -79,61 +71,44 @@ class CTRModule(L.LightningModule):
         self.best_val_auc = float("-inf")
         self.last_metrics: dict[str, float] = {}
 
-    # --- construction -----------------------------------------------------------------------
-    def _make_fused_trainer(self, options: dict[str, Any]):
-        from cvr.kernels import FusedTrainer, fused_available
-
-        ok, reason = fused_available()
-        if not ok:
-            log.warning("fused kernels unavailable (%s); falling back to autograd", reason)
-            self.model.backend = "autograd"
-            return None
-        if not getattr(self.model, "fused_capable", False):
-            log.warning(
-                "model.backend=fused: %s has no fused kernel; using autograd",
-                type(self.model).__name__,
-            )
-            self.model.backend = "autograd"
-            return None
-        try:
-            return FusedTrainer(self.model, **options)
-        except TypeError as err:  # e.g. an embedding variant the kernels don't cover
-            log.warning("model.backend=fused: %s; using autograd", err)
-            self.model.backend = "autograd"
-            return None
-
+    # --- backend ---------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
-        # The kernels are CPU code; on an accelerator the autograd path trains instead.
-        from lightning.pytorch.accelerators import CPUAccelerator
+        device, strategy = self.trainer.strategy.root_device, strategy_name(self.trainer)
+        if self.backend is None:
+            self.backend, self.backend_reason = select_backend(
+                self.model,
+                self.requested,
+                device,
+                strategy,
+                optimization=self.optimization,
+                threads=self.threads,
+            )
+            rank_zero_info(f"backend: {self.backend_reason}")
+        elif self.backend.name == "fused":
+            # Chosen before the trainer existed: refuse, never train per process or off-CPU.
+            why_not = fused_unsupported(self.model, device, strategy, self.optimization)
+            if why_not is not None:
+                raise BackendError(f"the fused backend cannot run in this trainer: {why_not}")
 
-        if self.fused_trainer is not None and not isinstance(
-            self.trainer.accelerator, CPUAccelerator
-        ):
-            log.warning("model.backend=fused runs on CPU only; using autograd on this device")
-            self.fused_trainer = None
-            self.model.backend = "autograd"
+    def scoring_backend(self) -> TrainingBackend:
+        """The backend that scores: the training one, or (before any fit) the serving choice."""
+        if self.backend is None:
+            device = next(self.model.parameters()).device
+            self.backend, self.backend_reason = select_backend(
+                self.model, self.requested, device, None, optimization=self.optimization
+            )
+        return self.backend
 
     def configure_optimizers(self):
-        if self.fused_trainer is not None:
-            return FusedStepMarker([self.model.bias])
-        sparse, dense = split_sparse_parameters(self.model)
-        if sparse and self.sparse_optimizer_factory is not None:
-            optimizers = [self.sparse_optimizer_factory(sparse)]
-            if dense:
-                optimizers.append(self.optimizer_factory(dense))
-            return optimizers
-        return self.optimizer_factory(list(self.model.parameters()))
+        return self.backend.optimizers()
 
     # --- forward ---------------------------------------------------------------------------
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         return self.model(ids)
 
     def predict_logits(self, ids: torch.Tensor) -> torch.Tensor:
-        if self.fused_trainer is not None and ids.device.type == "cpu":
-            from cvr.kernels import fused_logits
-
-            return torch.from_numpy(fused_logits(self.model, ids.numpy()))
-        return self.model(ids)
+        """Logits float32 (B,) through the backend (no autograd graph)."""
+        return self.scoring_backend().logits(ids)
 
     # --- training --------------------------------------------------------------------------
     def on_train_start(self) -> None:
@@ -154,43 +129,48 @@ class CTRModule(L.LightningModule):
         ids, labels = batch
         self._epoch_samples += len(ids)
         self._batches_in_epoch += 1
-        if self.fused_trainer is not None:
-            loss = torch.tensor(self.fused_trainer.train_batch(ids.numpy(), labels.numpy()))
-            self.optimizers().step()
-        else:
-            optimizers = self.optimizers()
-            optimizers = optimizers if isinstance(optimizers, list) else [optimizers]
-            for opt in optimizers:
-                opt.zero_grad()
-            loss = nn.functional.binary_cross_entropy_with_logits(self.model(ids), labels)
-            self.manual_backward(loss)
-            for opt in optimizers:
-                opt.step()
+        optimizers = self.optimizers()
+        optimizers = optimizers if isinstance(optimizers, list) else [optimizers]
+        loss = self.backend.train_batch(ids, labels, optimizers, self.manual_backward)
         self.log(
-            "train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(ids)
+            "train/loss",
+            loss,
+            on_step=True,
+            on_epoch=True,
+            prog_bar=True,
+            batch_size=len(ids),
+            sync_dist=self.trainer.world_size > 1,
         )
         return loss
 
     def on_train_epoch_end(self) -> None:
         seconds = time.perf_counter() - self._epoch_start
-        if seconds > 0 and self._epoch_samples:
-            self.log("train/samples_per_s", self._epoch_samples / seconds)
-            self.log("train/epoch_seconds", seconds)
+        # Every process trains the same number of batches; the speed is that of all of them.
+        samples = self._epoch_samples * self.trainer.world_size
+        sync = self.trainer.world_size > 1  # means over processes (of equal values: exact)
+        if seconds > 0 and samples:
+            self.log("train/samples_per_s", samples / seconds, sync_dist=sync)
+            self.log("train/epoch_seconds", seconds, sync_dist=sync)
+        checksum = checksums_agree(parameter_checksum(self.model))[0]
+        self.log("train/param_checksum", checksum, sync_dist=sync)
+        self.last_metrics["train/param_checksum"] = checksum
 
     # --- evaluation ------------------------------------------------------------------------
     def _collect(self, split: str, batch) -> None:
         ids, labels = batch
-        with torch.no_grad():
-            probs = torch.sigmoid(self.predict_logits(ids))
+        probs = torch.sigmoid(self.predict_logits(ids))
         self._outputs.setdefault(split, []).append((labels.cpu().numpy(), probs.cpu().numpy()))
 
     def _score(self, split: str) -> dict[str, float]:
         outputs = self._outputs.pop(split, [])
-        if not outputs:
+        labels = np.concatenate([o[0] for o in outputs]) if outputs else np.zeros(0, np.float32)
+        probs = np.concatenate([o[1] for o in outputs]) if outputs else np.zeros(0, np.float32)
+        # Each process scored its own rows; the metrics are of all of them, each row once.
+        labels, probs = gather_concat(labels, probs)
+        if len(labels) == 0:
             return {}
-        labels = np.concatenate([o[0] for o in outputs])
-        probs = np.concatenate([o[1] for o in outputs])
         metrics = {f"{split}/{k}": v for k, v in binary_metrics(labels, probs).items()}
+        metrics[f"{split}/rows"] = float(len(labels))
         self.last_metrics.update(metrics)
         return metrics
 
@@ -204,23 +184,39 @@ class CTRModule(L.LightningModule):
         if not self.trainer.sanity_checking:
             self.best_val_auc = max(self.best_val_auc, metrics["val/auc"])
             metrics["val/auc_best"] = self.best_val_auc
-        self.log_dict(metrics, prog_bar=True)
+        # Identical on every process (scored on the gathered split): the mean is the value.
+        self.log_dict(metrics, prog_bar=True, sync_dist=self.trainer.world_size > 1)
 
     def test_step(self, batch, batch_idx):
         self._collect("test", batch)
 
     def on_test_epoch_end(self) -> None:
-        self.log_dict(self._score("test"))
+        self.log_dict(self._score("test"), sync_dist=self.trainer.world_size > 1)
 
     # --- checkpoints -----------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["best_val_auc"] = self.best_val_auc
         checkpoint["batches_in_epoch"] = self._batches_in_epoch
-        if self.fused_trainer is not None:
-            checkpoint["fused_state"] = self.fused_trainer.state_dict()
+        if self.backend is not None:
+            checkpoint["backend"] = {
+                "name": self.backend.name,
+                "state": self.backend.state_dict(),
+            }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.best_val_auc = checkpoint.get("best_val_auc", float("-inf"))
         self._resume_skip = int(checkpoint.get("batches_in_epoch", 0))
-        if self.fused_trainer is not None and "fused_state" in checkpoint:
-            self.fused_trainer.load_state_dict(checkpoint["fused_state"])
+        saved = checkpoint.get("backend")
+        if saved is None and "fused_state" in checkpoint:  # checkpoints before cvr.backends
+            saved = {"name": "fused", "state": checkpoint["fused_state"]}
+        if saved is None or self.backend is None:
+            return
+        if saved["name"] != self.backend.name:
+            log.warning(
+                "checkpoint trained with the %s backend, continuing with %s: its optimiser "
+                "state does not carry over",
+                saved["name"],
+                self.backend.name,
+            )
+            return
+        self.backend.load_state_dict(saved["state"])

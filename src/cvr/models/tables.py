@@ -90,11 +90,14 @@ class EmbeddingTable(nn.Module):
         return serialized_bytes(self)
 
 
-class FullEmbedding(EmbeddingTable):
+class FullEmbedding(nn.Embedding):
     """One row of `dim` floats for every value of every field: the plain table.
 
     `weight` has shape (sum(cardinalities), dim). `sparse=True` makes its gradient sparse
-    (for SparseAdam / sparse SGD), touching only the rows a batch used.
+    (for SparseAdam / sparse SGD), touching only the rows a batch used. It *is* an
+    `nn.Embedding` (not one wrapped) so that DistributedDataParallel, which recognises sparse
+    gradients only on `nn.Embedding`/`nn.EmbeddingBag` modules with `sparse=True`, all-reduces
+    them as sparse tensors; the state_dict keeps its one key, `weight`.
     """
 
     def __init__(
@@ -104,9 +107,15 @@ class FullEmbedding(EmbeddingTable):
         sparse: bool = False,
         init_std: float = 0.01,
     ) -> None:
-        super().__init__(cardinalities, dim, sparse)
+        cards = check_table_args(cardinalities, dim)
+        # `_weight` skips nn.Embedding's own N(0, 1) init, so the RNG stream (and every seeded
+        # run's initial weights) is what it was before this class became an nn.Embedding.
+        weight = torch.empty(sum(cards), int(dim))
+        super().__init__(sum(cards), int(dim), sparse=sparse, _weight=weight)
+        self.cardinalities = cards
+        self.num_fields = len(cards)
+        self.dim = int(dim)
         self.register_buffer("offsets", field_offsets(self.cardinalities), persistent=False)
-        self.weight = nn.Parameter(torch.empty(sum(self.cardinalities), self.dim))
         nn.init.normal_(self.weight, std=init_std)
 
     @property
@@ -118,6 +127,10 @@ class FullEmbedding(EmbeddingTable):
         """Rows stored: one per value of every field."""
         return self.weight.shape[0]
 
+    def storage_bytes(self) -> int:
+        """Bytes of every tensor the table's state_dict holds (see `serialized_bytes`)."""
+        return serialized_bytes(self)
+
     def global_ids(self, ids: torch.Tensor) -> torch.Tensor:
         """Field-local ids (batch, F) -> rows of the stacked table (batch, F), int64."""
         return ids.long() + self.offsets
@@ -125,3 +138,8 @@ class FullEmbedding(EmbeddingTable):
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         """ids: int (B, F) field-local -> float32 (B, F, dim)."""
         return nn.functional.embedding(self.global_ids(ids), self.weight, sparse=self.sparse)
+
+    def extra_repr(self) -> str:
+        return f"fields={self.num_fields}, rows={self.num_rows}, dim={self.dim}, " + (
+            f"sparse={self.sparse}"
+        )

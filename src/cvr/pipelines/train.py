@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +18,13 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from cvr.backends import Optimization, select_backend
+from cvr.backends.distributed import is_main_process, strategy_name
 from cvr.data.datamodule import StoreDataModule
 from cvr.data.store import EncodedStore
 from cvr.metrics import binary_metrics
 from cvr.models.module import CTRModule
+from cvr.models.registry import build_model
 from cvr.ops.manifest import fingerprint, write_json_atomic
 from cvr.tracking import mlflow_runs, run_names, training_run
 from cvr.tracking.sweep import sweep_context
@@ -28,6 +32,8 @@ from cvr.tracking.sweep import sweep_context
 log = logging.getLogger(__name__)
 
 RUN_INFO = "run_info.json"
+#: Rank 0's resume checkpoint, for the DDP processes it launches (they inherit its environment).
+_RESUME_ENV = "CVR_RESUME_CHECKPOINT"
 # Keys that do not change what a run computes; excluded from the resume identity.
 _NON_IDENTITY_KEYS = (
     "resume",
@@ -36,6 +42,7 @@ _NON_IDENTITY_KEYS = (
     "logger",
     "checkpoint_every_n_steps",
     "export_bundle",
+    "publish",
 )
 
 
@@ -58,32 +65,43 @@ def validate_config(cfg: DictConfig) -> None:
     for key, value, expected in checks:
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ConfigError(f"{key}: expected {expected}, got {value!r}")
-    lr = cfg.optimizer.dense.get("lr")
-    if lr is not None and not (isinstance(lr, int | float) and lr > 0):
-        raise ConfigError(f"optimizer.dense.lr: expected a positive number, got {lr!r}")
+    lr = cfg.optimizer.get("lr")
+    if lr is not None and not (isinstance(lr, int | float) and not isinstance(lr, bool) and lr > 0):
+        raise ConfigError(f"optimizer.lr: expected a positive number or null, got {lr!r}")
 
 
 def build_store(cfg: DictConfig) -> EncodedStore:
     return hydra.utils.instantiate(cfg.data, cache_root=cfg.paths.cache_dir, _convert_="all")
 
 
-def build_model(cfg: DictConfig, cardinalities: list[int]) -> torch.nn.Module:
-    emb_cfg = OmegaConf.to_container(cfg.embedding, resolve=True)
-    dim = emb_cfg.pop("dim")
-    embedding = hydra.utils.instantiate(emb_cfg, _partial_=True)
-    return hydra.utils.instantiate(
-        cfg.model, cardinalities=cardinalities, dim=dim, embedding=embedding
-    )
-
-
-def build_module(cfg: DictConfig, model: torch.nn.Module) -> CTRModule:
+def build_optimization(cfg: DictConfig) -> Optimization:
+    """The optimiser of the config (`conf/optimizer`), for whichever backend trains."""
     opt = cfg.optimizer
-    return CTRModule(
-        model,
-        optimizer=hydra.utils.instantiate(opt.dense),
-        sparse_optimizer=hydra.utils.instantiate(opt.sparse) if opt.get("sparse") else None,
+    return Optimization(
+        name=str(opt.name),
+        lr=opt.get("lr"),
+        default_lr=OmegaConf.to_container(opt.default_lr, resolve=True),
+        dense=hydra.utils.instantiate(opt.dense),
+        sparse=hydra.utils.instantiate(opt.sparse) if opt.get("sparse") else None,
         fused=OmegaConf.to_container(opt.fused, resolve=True) if opt.get("fused") else None,
     )
+
+
+def build_module(cfg: DictConfig, model: torch.nn.Module, trainer: L.Trainer) -> CTRModule:
+    """The CTRModule with the backend `select_backend` picks for this trainer (logged, and why)."""
+    backend, reason = select_backend(
+        model,
+        cfg.backend.name,
+        trainer.strategy.root_device,
+        strategy_name(trainer),
+        optimization=build_optimization(cfg),
+        threads=int(cfg.backend.threads),
+    )
+    if trainer.is_global_zero:
+        log.info("backend: %s (lr %g)", reason, backend.lr)
+    module = CTRModule(model, backend)
+    module.backend_reason = reason
+    return module
 
 
 def build_callbacks(cfg: DictConfig) -> list[L.Callback]:
@@ -171,9 +189,43 @@ _TABLE_EFFICIENCY = (
 )
 
 
+def training_summary(trainer: L.Trainer, best_checkpoint: str) -> dict[str, float]:
+    """Epochs run, the best epoch (1-based, from the best checkpoint's `epochNN-` file name;
+    absent if there is none) and whether early stopping ended the run (1.0) or max_epochs (0.0).
+    """
+    out = {"train/epochs_run": float(trainer.current_epoch)}
+    if trainer.max_epochs is not None:
+        out["train/max_epochs"] = float(trainer.max_epochs)
+    stopper = trainer.early_stopping_callback
+    out["train/stopped_early"] = float(bool(stopper is not None and stopper.stopped_epoch > 0))
+    match = re.match(r"epoch(\d+)", Path(best_checkpoint).name) if best_checkpoint else None
+    if match:
+        out["train/best_epoch"] = float(int(match.group(1)) + 1)
+    return out
+
+
+def stop_line(metrics: dict[str, float]) -> str | None:
+    """'epochs 7 of 50, best 5: early stopping (val/auc stopped improving)' or None."""
+    if "train/epochs_run" not in metrics:
+        return None
+    line = f"epochs {int(metrics['train/epochs_run'])}"
+    if "train/max_epochs" in metrics:
+        line += f" of {int(metrics['train/max_epochs'])}"
+    if "train/best_epoch" in metrics:
+        line += f", best {int(metrics['train/best_epoch'])}"
+    if metrics.get("train/stopped_early"):
+        return line + ": early stopping (validation stopped improving)"
+    if metrics.get("train/epochs_run") == metrics.get("train/max_epochs"):
+        return line + ": reached trainer.max_epochs"
+    return line + ": training ended"
+
+
 def metrics_table(metrics: dict[str, float]) -> str:
     rows = ["auc", "logloss", "ne", "calibration", "oracle_auc", "oracle_logloss", "auc_gap"]
     lines = [f"{'metric':<16}{'val':>12}{'test':>12}", "-" * 40]
+    stopped = stop_line(metrics)
+    if stopped:
+        lines.insert(0, stopped)
     for name in rows:
         val, test = metrics.get(f"val/{name}"), metrics.get(f"test/{name}")
         if val is None and test is None:
@@ -228,10 +280,16 @@ def fit_and_test(cfg: DictConfig, resume_ckpt: Path | None, run_id: str | None) 
         # Curves at step = epoch; summary metrics are logged once when the run ends.
         loggers.append(EpochMlflowLogger(tracking.tracking_uri, run_id))
     datamodule = StoreDataModule(store, label=label, seed=cfg.seed, **cfg.datamodule)
-    module = build_module(cfg, build_model(cfg, store.cardinalities))
     trainer = hydra.utils.instantiate(cfg.trainer)(
         callbacks=build_callbacks(cfg), logger=loggers or False
     )
+    module = build_module(cfg, build_model(cfg, store.cardinalities), trainer)
+    if run_id is not None:
+        mlflow_runs.set_tags(
+            tracking.tracking_uri,
+            run_id,
+            {"backend": module.backend.name, "backend_reason": module.backend_reason},
+        )
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume_ckpt) if resume_ckpt else None)
     metrics = {k: v for k, v in module.last_metrics.items() if k.startswith("val/")}
     ckpt_cb = trainer.checkpoint_callback
@@ -247,8 +305,10 @@ def fit_and_test(cfg: DictConfig, resume_ckpt: Path | None, run_id: str | None) 
     )
     metrics.update({f"data/rows_{s}": float(store.rows(s)) for s in ("train", "val", "test")})
     metrics["train/global_step"] = float(trainer.global_step)
+    metrics.update(training_summary(trainer, best))
+    metrics["train/processes"] = float(trainer.world_size)
     final = {k: float(v) for k, v in metrics.items() if np.isscalar(v)}
-    if cfg.get("export_bundle", True):
+    if cfg.get("export_bundle", True) and trainer.is_global_zero:
         from cvr.serving.bundle import export_from_training
 
         # The module holds the best checkpoint's weights after trainer.test; a resumed run
@@ -265,12 +325,44 @@ def fit_and_test(cfg: DictConfig, resume_ckpt: Path | None, run_id: str | None) 
     return final
 
 
+def _publish_settings(cfg: DictConfig):
+    from cvr.vectorstore.versions import publish_settings
+
+    try:
+        default_uri = Path(cfg.paths.output_root) / "vectors.db"
+        return publish_settings(cfg.get("publish", False), default_uri)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def publish_tables(cfg: DictConfig, settings, bundle: Path, run_id: str | None) -> None:
+    """publish=true: the bundle's tables to a new collection version (cvr.vectorstore), the
+    alias moved to it, and the collection and alias recorded as tags of the MLflow run."""
+    from cvr.vectorstore.versions import publish
+
+    result = publish(settings.uri, bundle, alias=settings.alias)
+    log.info("published %s (%d rows) to %s", result.collection, result.rows, settings.uri)
+    if run_id is not None:
+        tags = {"uri": settings.uri, "collection": result.collection, "alias": result.alias}
+        tags["rows"], tags["checksum"] = str(result.rows), result.checksum
+        mlflow_runs.set_tags(
+            cfg.logger.tracking_uri, run_id, {f"vectorstore.{k}": v for k, v in tags.items()}
+        )
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Run one training job; returns its final metrics (val/..., test/..., oracle)."""
     output_dir = Path(cfg.paths.output_dir)
+    if not is_main_process():
+        # A DDP process the launcher started: rank 0 owns the MLflow run, run_info.json,
+        # metrics.json and the bundle; this one trains its share from rank 0's checkpoint.
+        inherited = os.environ.get(_RESUME_ENV)
+        return fit_and_test(cfg, Path(inherited) if inherited else None, None)
     output_dir.mkdir(parents=True, exist_ok=True)
     identity = run_identity(cfg)
     resume = find_resume_checkpoint(cfg, identity)
+    # DDP processes started later inherit this environment: one resume decision for all.
+    os.environ[_RESUME_ENV] = str(resume[0]) if resume else ""
     run_id = start_tracking(cfg, output_dir, resume[1] if resume else None)
     write_json_atomic(
         output_dir / RUN_INFO,
@@ -283,8 +375,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     )
     if resume:
         log.info("resuming from %s", resume[0])
+    publish_to = _publish_settings(cfg)  # a bad `publish` value fails before training
     try:
         metrics = fit_and_test(cfg, resume[0] if resume else None, run_id)
+        if publish_to is not None:
+            publish_tables(cfg, publish_to, output_dir / "bundle", run_id)
         if run_id is not None:
             uri = cfg.logger.tracking_uri
             bundle = output_dir / "bundle"

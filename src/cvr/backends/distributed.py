@@ -1,0 +1,75 @@
+"""What training past one process needs besides Lightning's DDP: which process this is (before
+Lightning starts), predictions gathered once over the whole split, and a parameter checksum that
+proves every process holds the same model."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+from torch import nn
+
+#: Environment variables launchers set per process: torchrun and SLURM set RANK/SLURM_PROCID;
+#: Lightning's subprocess launcher sets LOCAL_RANK and NODE_RANK in the processes it starts.
+_RANK_VARIABLES = ("RANK", "SLURM_PROCID", "LOCAL_RANK", "NODE_RANK")
+
+
+def is_main_process() -> bool:
+    """True unless a launcher started this process as a rank other than 0.
+
+    Readable before any process group exists, so a job decides up front that only the main
+    process opens the MLflow run and writes run_info.json, metrics.json and the bundle.
+    """
+    return all(int(os.environ.get(name) or 0) == 0 for name in _RANK_VARIABLES)
+
+
+def strategy_name(trainer) -> str | None:
+    """The trainer's distributed strategy name ("ddp", ...) when it runs > 1 process, else None."""
+    if trainer.world_size <= 1:
+        return None
+    # DDPStrategy -> "ddp", FSDPStrategy -> "fsdp", DeepSpeedStrategy -> "deepspeed".
+    return type(trainer.strategy).__name__.removesuffix("Strategy").lower()
+
+
+def distributed() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+def gather_concat(*arrays: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Each array concatenated over all processes in rank order (itself with one process).
+
+    Unequal lengths are fine (all_gather_object), so nothing is padded and no row is repeated.
+    """
+    if not distributed() or torch.distributed.get_world_size() == 1:
+        return arrays
+    gathered: list = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(gathered, arrays)
+    return tuple(np.concatenate([part[i] for part in gathered]) for i in range(len(arrays)))
+
+
+def parameter_checksum(model: nn.Module) -> float:
+    """A float64 fingerprint of every parameter: sum of values plus position-weighted sum.
+
+    Equal on every process after each DDP step (identical all-reduced updates); any drift,
+    e.g. a backend training each process's copy on its own, changes it.
+    """
+    total = 0.0
+    for i, param in enumerate(model.parameters(), start=1):
+        flat = param.detach().reshape(-1).double()
+        total += float(flat.sum()) + 1e-3 * i * float(flat.abs().sum())
+    return total
+
+
+def checksums_agree(value: float) -> list[float]:
+    """Every process's checksum (a one-element list with one process); raises if they differ."""
+    if not distributed() or torch.distributed.get_world_size() == 1:
+        return [value]
+    values: list = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(values, value)
+    if len(set(values)) != 1:
+        raise RuntimeError(
+            f"parameters differ between processes (checksums by rank: {values}): the processes "
+            "are not training one model"
+        )
+    return values
