@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -59,6 +59,29 @@ class VersionInfo:
 
 def default_alias(kind: str) -> str:
     return f"cvr_{kind}_live"
+
+
+@dataclass(frozen=True)
+class PublishSettings:
+    uri: str
+    alias: str | None
+
+
+def publish_settings(value: Any, default_uri: str | Path) -> PublishSettings | None:
+    """The training config's `publish`: false/null (off), true, or {uri: ..., alias: ...}.
+
+    Raises ValueError naming the key for anything else.
+    """
+    if value is None or value is False:
+        return None
+    if value is True:
+        return PublishSettings(str(default_uri), None)
+    if isinstance(value, Mapping) and set(value) <= {"uri", "alias"}:
+        alias = value.get("alias")
+        if alias is not None:
+            _check_name(str(alias))
+        return PublishSettings(str(value.get("uri") or default_uri), alias)
+    raise ValueError(f"publish: expected false, true or {{uri: URI, alias: NAME}}, got {value!r}")
 
 
 def resolve_bundle_dir(path: str | Path) -> Path:
