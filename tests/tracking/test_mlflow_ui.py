@@ -7,6 +7,8 @@ params without paths, the logged model, the parent's report and the experiment's
 
 from __future__ import annotations
 
+import json
+import re
 import struct
 import tempfile
 from pathlib import Path
@@ -166,3 +168,22 @@ def test_parent_keeps_the_pareto_report_and_experiment_opens_on_training_runs(sw
     listed = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
     assert "report/report.md" in listed
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+
+
+def test_saved_tradeoff_view_names_only_columns_and_metrics_the_runs_have(sweep):
+    _, experiment, children, _, _ = sweep
+    view = json.loads(experiment.tags["mlflow.sharedViewState.tradeoff"])
+    metrics = set(children[0].data.metrics)
+    params = set(children[0].data.params)
+    tags = set(children[0].data.tags)
+    for column in view["selectedColumns"]:
+        kind, name = re.fullmatch(r"(\w+)\.`(.+)`", column).groups()
+        known = {"metrics": metrics, "params": params, "tags": tags}.get(kind)
+        assert known is None or name in known, column
+    sections = {s["uuid"] for s in view["compareRunSections"]}
+    for card in view["compareRunCharts"]:
+        assert card["metricSectionId"] in sections
+        keys = [card.get("metricKey")] + [card.get(a, {}).get("key") for a in ("xaxis", "yaxis")]
+        keys += card.get("selectedMetrics", [])
+        assert all(k in metrics for k in keys if k), card
+        assert all(p in params for p in card.get("selectedParams", [])), card

@@ -27,6 +27,7 @@ from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
 from cvr.tracking.store import ensure_store
+from cvr.tracking.ui_view import view_tag
 
 log = logging.getLogger(__name__)
 
@@ -39,10 +40,10 @@ TRAINING_EXPERIMENT_KIND = "custom_model_development"
 #: The experiment description shown above the runs table.
 DESCRIPTION_TAG = "mlflow.note.content"
 EXPERIMENT_DESCRIPTION = (
-    "CTR/CVR training runs (cvr). Compare: filter on tags (`tags.dataset = 'criteo'`), add the "
-    "columns test/auc, test/logloss, eff/embedding_bytes, eff/latency_b1_p99_us, select runs, "
-    "Compare; each run has plots/ (learning curve, latency, memory) and summary.md. "
-    "Sweeps: the parent run holds the Pareto report (report/report.md)."
+    "CTR/CVR training runs (cvr). The trade-off view (columns, curves per epoch, AUC against "
+    "bytes and latency): add `?viewStateShareKey=tradeoff` to this page's address. Filter on "
+    "tags (`tags.dataset = 'criteo'`); select runs and Compare. Each run has plots/ (learning "
+    "curve, latency, memory) and summary.md; a sweep's parent run holds the Pareto report."
 )
 #: Dataset digests are at most 36 characters in MLflow's store.
 DATASET_DIGEST_CHARS = 12
@@ -96,7 +97,12 @@ def ensure_experiment(client: MlflowClient, name: str, artifact_root: str | None
         location = Path(artifact_root).resolve().as_uri()
     elif artifact_root:
         location = artifact_root
-    tags = {EXPERIMENT_KIND_TAG: TRAINING_EXPERIMENT_KIND, DESCRIPTION_TAG: EXPERIMENT_DESCRIPTION}
+    view_key, view_value = view_tag()
+    tags = {
+        EXPERIMENT_KIND_TAG: TRAINING_EXPERIMENT_KIND,
+        DESCRIPTION_TAG: EXPERIMENT_DESCRIPTION,
+        view_key: view_value,
+    }
     try:
         return client.create_experiment(name, artifact_location=location, tags=tags)
     except mlflow.exceptions.MlflowException:
@@ -106,6 +112,9 @@ def ensure_experiment(client: MlflowClient, name: str, artifact_root: str | None
 
 def mark_training_experiment(client: MlflowClient, experiment: Any) -> None:
     """Tag an experiment made before these tags existed (its own choices are kept)."""
+    view_key, view_value = view_tag()
+    if experiment.tags.get(view_key) != view_value:
+        client.set_experiment_tag(experiment.experiment_id, view_key, view_value)
     if EXPERIMENT_KIND_TAG not in experiment.tags:
         client.set_experiment_tag(
             experiment.experiment_id, EXPERIMENT_KIND_TAG, TRAINING_EXPERIMENT_KIND

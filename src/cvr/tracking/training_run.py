@@ -115,6 +115,7 @@ def finish_run(
             raise
         model_id = logged_model_id(tracking_uri, run_id, model_name)
         model_uri = f"models:/{model_id}" if model_id else None
+        log.info("logged model %s: runs:/%s/%s or %s", model_name, run_id, model_name, model_uri)
     mlflow_runs.log_metrics(tracking_uri, run_id, summary, step=0, model_id=model_id)
     oracle = {
         k.removeprefix("val/oracle_"): v for k, v in metrics.items() if k.startswith("val/oracle_")
