@@ -3,9 +3,10 @@
     python scripts/bench_predictor.py --bundle outputs/bundles/ffm [--data day_0.csv] --out b.json
 
 End-to-end is `Predictor.predict` on raw records (dict for batch 1; list of dicts and DataFrame
-for batch 1024): preprocessing + model + sigmoid. Model-only is `Predictor.predict_ids` on the
-same records' ids. Records come from `--data` (a file in the dataset's format, read once) or are
-drawn from the bundle's vocabularies. Prints a table and writes the same numbers as JSON.
+for batch 1024 and for one `--large` batch, alternating): preprocessing + model + sigmoid.
+Model-only is `Predictor.predict_ids` on the same records' ids. Records come from `--data` (a
+file in the dataset's format, read once) or are drawn from the bundle's vocabularies. Prints a
+table and writes the same numbers as JSON.
 """
 
 from __future__ import annotations
@@ -84,6 +85,42 @@ def throughput_row(name: str, call: Callable[[], Any], repeats: int) -> dict[str
     }
 
 
+def large_batch_rows(predictor: Predictor, n: int, repeats: int) -> list[dict[str, Any]]:
+    """`Predictor.predict` on n records as a list of dicts and as a DataFrame, alternating.
+
+    Both inputs hold the same records; each repeat times the list then the frame, so load on
+    the shared machine hits both alike. Rows report the median and the spread (min, max).
+    """
+    if n <= 0:
+        return []
+    records = predictor.example_records(n, seed=2)
+    frame = pd.DataFrame(records, columns=predictor.field_names)
+    if not np.array_equal(predictor.predict(records), predictor.predict(frame)):
+        raise RuntimeError("list of dicts and DataFrame predictions differ")
+    seconds: dict[str, list[float]] = {"list of dicts": [], "DataFrame": []}
+    for _ in range(repeats):
+        for name, value in (("list of dicts", records), ("DataFrame", frame)):
+            start = time.perf_counter()
+            predictor.predict(value)
+            seconds[name].append(time.perf_counter() - start)
+    rows = []
+    for name, times in seconds.items():
+        median = float(np.median(times))
+        rows.append(
+            {
+                "path": f"end-to-end, {name}",
+                "batch": n,
+                "latency_p50_us": median * 1e6,
+                "latency_p99_us": float(np.max(times)) * 1e6,
+                "latency_mean_us": float(np.mean(times)) * 1e6,
+                "seconds_min": float(np.min(times)),
+                "seconds_max": float(np.max(times)),
+                "rows_per_s": n / median,
+            }
+        )
+    return rows
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
     predictor = Predictor.load(args.bundle)
@@ -121,6 +158,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "end-to-end, DataFrame", lambda: predictor.predict(batch_frame), args.repeats
         ),
     ]
+    rows += large_batch_rows(predictor, args.large, args.large_repeats)
     return {
         "bundle": str(args.bundle),
         "model": predictor.bundle.manifest["model_class"],
@@ -138,7 +176,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def table(result: dict[str, Any]) -> str:
-    head = f"{'path':<30}{'batch':>6}{'p50 µs':>11}{'p99 µs':>11}{'rows/s':>13}"
+    head = f"{'path':<30}{'batch':>8}{'p50 µs':>11}{'p99 µs':>11}{'rows/s':>13}"
     lines = [
         f"{result['model']} ({result['fields']} fields), backend {result['backend']}, "
         f"{result['threads']} threads, load average {result['load_average']}",
@@ -147,7 +185,7 @@ def table(result: dict[str, Any]) -> str:
     ]
     for row in result["rows"]:
         lines.append(
-            f"{row['path']:<30}{row['batch']:>6}{row['latency_p50_us']:>11.1f}"
+            f"{row['path']:<30}{row['batch']:>8}{row['latency_p50_us']:>11.1f}"
             f"{row['latency_p99_us']:>11.1f}{row['rows_per_s']:>13,.0f}"
         )
     return "\n".join(lines)
@@ -160,6 +198,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--records", type=int, default=5000, help="batch-1 calls per path")
     parser.add_argument("--repeats", type=int, default=30, help="batch-1024 calls per path")
     parser.add_argument("--threads", type=int, default=2, help="torch and numba threads")
+    parser.add_argument(
+        "--large", type=int, default=100_000, help="rows of the list-vs-DataFrame batch (0: skip)"
+    )
+    parser.add_argument("--large-repeats", type=int, default=5, help="alternating repeats")
     parser.add_argument("--out", default=None, help="write the results as JSON here")
     args = parser.parse_args(argv)
     if args.records < BATCH:
