@@ -40,9 +40,17 @@ from cvr.ops.snapshot import (
     restore_snapshot,
     verify_snapshot,
 )
+from cvr.vectorstore.client import StoreError
 
 # Failures that are the input's fault: reported in one line, exit code 1.
-_EXPECTED = (ManifestError, DataError, FileNotFoundError, FileExistsError, ValueError)
+_EXPECTED = (
+    ManifestError,
+    DataError,
+    FileNotFoundError,
+    FileExistsError,
+    ValueError,
+    StoreError,
+)
 
 
 def _index_arg(text: str) -> tuple[str, str]:
@@ -51,7 +59,13 @@ def _index_arg(text: str) -> tuple[str, str]:
 
 
 def cmd_create(args: argparse.Namespace) -> int:
-    path = create_snapshot(args.root, args.bundle, dict(args.index or []), note=args.note)
+    path = create_snapshot(
+        args.root,
+        args.bundle,
+        dict(args.index or []),
+        note=args.note,
+        collections=args.collection or (),
+    )
     manifest = verify_snapshot(path)
     print(f"created {path} ({len(manifest['files'])} files)")
     return 0
@@ -65,8 +79,16 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_restore(args: argparse.Namespace) -> int:
-    dest = restore_snapshot(args.snapshot, args.dest)
-    print(f"restored {args.snapshot} -> {dest} (verified)")
+    if args.dest is None and args.uri is None:
+        raise ValueError("restore: give DEST (files), --uri NEW_URI (collections), or both")
+    if args.dest is not None:
+        dest = restore_snapshot(args.snapshot, args.dest)
+        print(f"restored {args.snapshot} -> {dest} (verified)")
+    if args.uri is not None:
+        from cvr.vectorstore.export import restore_snapshot_collections
+
+        for name in restore_snapshot_collections(args.snapshot, args.uri):
+            print(f"restored collection {name} into {args.uri} (verified)")
     return 0
 
 
@@ -131,6 +153,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="faiss index folder, as NAME=DIR or DIR (repeatable)",
     )
     p.add_argument("--note", default="", help="free text stored in snapshot.json")
+    p.add_argument(
+        "--collection",
+        action="append",
+        help="published collection to export, as URI#ALIAS_OR_COLLECTION (repeatable)",
+    )
     p.set_defaults(func=cmd_create)
 
     p = sub.add_parser("verify", help="check every file of a snapshot")
@@ -139,7 +166,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("restore", help="verify a snapshot and copy it to a new folder")
     p.add_argument("snapshot")
-    p.add_argument("dest")
+    p.add_argument("dest", nargs="?", default=None, help="new folder for the snapshot's files")
+    p.add_argument(
+        "--uri", default=None, help="recreate the snapshot's collections in this (empty) store"
+    )
     p.set_defaults(func=cmd_restore)
 
     p = sub.add_parser("list", help="snapshots under a root, oldest first")

@@ -45,6 +45,7 @@ KIND = "snapshot"
 MANIFEST = "snapshot.json"
 BUNDLE_DIR = "bundle"
 INDEX_DIR = "indexes"
+COLLECTION_DIR = "collections"  # logical exports of vector-store collections (vectorstore.export)
 REMOTE_DIR = "snapshots"  # artifact folder of a run that holds pushed snapshots
 
 
@@ -71,8 +72,12 @@ def create_snapshot(
     bundle: str | Path,
     indexes: Mapping[str, str | Path] | Sequence[str | Path] = (),
     note: str = "",
+    collections: Sequence[str] = (),
 ) -> Path:
     """Copy a bundle and index folders into a new snapshot under `root`; returns its path.
+
+    `collections`: published vector-store collections as `URI#alias_or_collection`, exported
+    (verified rows to Parquet, schema, alias) into `collections/<collection>/`.
 
     `indexes`: {name: folder} or folders (named by their folder name). Each source is verified
     against its own manifest before it is copied (ManifestError otherwise), and each copy
@@ -100,6 +105,12 @@ def create_snapshot(
             # between its check and the copy, and a bad copy).
             verify_checksums(dest, expected)
             contents.append(_content_record(rel, src, manifest))
+        if collections:
+            from cvr.vectorstore.export import export_collection
+
+            for ref in collections:
+                record = export_collection(ref, tmp / COLLECTION_DIR)
+                contents.append({**record, "path": f"{COLLECTION_DIR}/{record['path']}"})
         files = file_checksums(tmp)
         write_json_atomic(
             tmp / MANIFEST,

@@ -128,18 +128,9 @@ def publish(
         "created_unix": time.time(),
     }
     previous = col.alias_target(client, alias)
-    col.create_table_collection(client, name, rows.vector_dim, meta)
-    try:
-        start = time.perf_counter()
-        col.insert_rows(client, name, _columns(rows), batch_rows, _bar(progress, "insert", meta))
-        inserted = time.perf_counter()
-        verify_collection(client, name, meta, _bar(progress, "verify", meta))
-        verified = time.perf_counter()
-        col.move_alias(client, alias, name)
-    except BaseException:
-        log.error("publish to %s failed; dropping the partial collection", name)
-        _drop_quietly(client, name)
-        raise
+    insert_s, verify_s = write_verified(
+        client, name, _columns(rows), meta, alias, batch_rows=batch_rows, progress=progress
+    )
     log.info("published %s (%d rows); alias %s -> %s", name, meta["rows"], alias, name)
     return PublishResult(
         collection=name,
@@ -147,9 +138,39 @@ def publish(
         previous=previous,
         rows=meta["rows"],
         checksum=meta["checksum"],
-        insert_s=inserted - start,
-        verify_s=verified - inserted,
+        insert_s=insert_s,
+        verify_s=verify_s,
     )
+
+
+def write_verified(
+    client,
+    name: str,
+    columns: dict[str, Any],
+    meta: dict[str, Any],
+    alias: str | None,
+    batch_rows: int = BATCH_ROWS,
+    progress: Progress | None = None,
+) -> tuple[float, float]:
+    """Create collection `name`, insert `columns`, verify, then point `alias` at it.
+
+    On any failure the new collection is dropped and the alias is untouched. Returns the
+    seconds spent inserting and verifying.
+    """
+    col.create_table_collection(client, name, int(meta["vector_dim"]), meta)
+    try:
+        start = time.perf_counter()
+        col.insert_rows(client, name, columns, batch_rows, _bar(progress, "insert", meta))
+        inserted = time.perf_counter()
+        verify_collection(client, name, meta, _bar(progress, "verify", meta))
+        verified = time.perf_counter()
+        if alias is not None:
+            col.move_alias(client, alias, name)
+    except BaseException:
+        log.error("writing %s failed; dropping the partial collection", name)
+        _drop_quietly(client, name)
+        raise
+    return inserted - start, verified - inserted
 
 
 def verify_collection(
