@@ -41,7 +41,8 @@ def create_table_collection(client, name: str, vector_dim: int, meta: Mapping[st
     schema.add_field("local_id", DataType.INT64)
     schema.add_field("raw", DataType.VARCHAR, max_length=RAW_MAX)
     schema.add_field("bundle", DataType.VARCHAR, max_length=128)
-    client.create_collection(name, schema=schema)
+    # Strong: a publish reads back what it just wrote (a server's default is Bounded staleness).
+    client.create_collection(name, schema=schema, consistency_level="Strong")
     client.alter_collection_properties(name, properties={META_KEY: json.dumps(dict(meta))})
     # Lookups are by primary key; the vector index only has to exist for the collection to load.
     ensure_index(client, name, "vector", "FLAT", "IP", {})
