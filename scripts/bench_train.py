@@ -14,6 +14,8 @@ handed to every system. Each system trains in its own process, so its peak RSS i
 | libffm-2t   | the same, two OpenMP threads                                                  |
 | autograd    | `cvr.models.ctr.FFM`, sparse embedding, torch.optim.Adagrad, batch 4096       |
 | pytorch-fm  | torchfm FieldAwareFactorizationMachineModel, Adam, batch 4096 (if installed)  |
+| cuda-autograd | with `--device cuda`: the autograd FFM through `cvr.backends` on the GPU, the |
+|             | code `trainer=gpu` trains, batch `--device-batch` (see `device_arm`)          |
 
 All train `--epochs` epochs on the same rows. libffm reads them from its text format (written once
 per run); it is built from `../shared/peers/libffm` under `outputs/peers/`, never in the
@@ -318,6 +320,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     parser.add_argument("--systems", default=",".join(SYSTEMS), help="comma-separated subset")
     parser.add_argument("--quick", action="store_true", help="small sizes (a smoke run)")
     parser.add_argument("--out", help="write the results here as JSON")
+    parser.add_argument(
+        "--device", help="also train the autograd FFM on this device (cuda): see device_arm"
+    )
+    parser.add_argument("--device-batch", type=int, default=16384, help="as trainer=gpu")
+    parser.add_argument("--device-lr", type=float, default=0.05, help="as optimizer.default_lr")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--data", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -366,10 +373,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
                 result["loadavg_1m"] = os.getloadavg()[0]
                 by_system[system].append(result)
                 load.append(result["loadavg_1m"])
+        device_result = device_arm(data_path, args) if args.device else None
     results = [
         median_run(by_system[s]) if by_system[s] else {"system": s, "unavailable": skipped[s]}
         for s in systems
     ]
+    if device_result is not None:
+        results.append(device_result)
     report = {
         "benchmark": "ffm_training",
         "data": data,
@@ -435,6 +445,71 @@ def print_report(report: dict[str, Any]) -> None:
                 f"{'epoch ' + str(e + 1):>21}  "
                 + "  ".join(f"{c[e]:>10.4f}" if e < len(c) else f"{'-':>10}" for c in cells)
             )
+
+
+# --- the device arm (trainer=gpu's path) -------------------------------------------------------
+def device_arm(data_path: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """The autograd FFM trained on `args.device` through `cvr.backends` (the code trainer=gpu
+    runs: select_backend -> AutogradBackend), `args.device_batch` rows per step, on the same
+    rows as the other systems. Train and val rows are moved to the device once; batches are
+    contiguous slices in a block order reshuffled per epoch (as the DataModule does). Timing
+    synchronises the device at the end of each epoch. Returns a row of the results table, or one
+    marked unavailable where the device is missing."""
+    from cvr.backends import Optimization, select_backend
+    from cvr.models.ctr import FFM
+
+    device = torch.device(args.device)
+    name = f"{device.type}-autograd"
+    if device.type == "cuda" and not torch.cuda.is_available():
+        return {"system": name, "unavailable": "no CUDA device (torch.cuda.is_available() false)"}
+    data = np.load(data_path)
+    torch.manual_seed(args.seed)
+    model = FFM([int(c) for c in data["cards"]], dim=args.k).to(device)
+    backend, reason = select_backend(
+        model, "autograd", device, None, optimization=Optimization(lr=args.device_lr)
+    )
+    print(f"{name}: {reason}", file=sys.stderr, flush=True)
+    ids = torch.from_numpy(data["train_ids"]).to(device)
+    labels = torch.from_numpy(data["train_labels"].astype(np.float32)).to(device)
+    val_ids = torch.from_numpy(data["val_ids"]).to(device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    rows, batch = len(ids), args.device_batch
+    epoch_seconds, per_epoch = [], []
+    for epoch in range(args.epochs):
+        order = np.random.default_rng([args.seed, epoch]).permutation(-(-rows // batch))
+        sync()
+        wall = time.perf_counter()
+        for b in order.tolist():
+            backend.train_batch(
+                ids[b * batch : (b + 1) * batch], labels[b * batch : (b + 1) * batch]
+            )
+        sync()
+        epoch_seconds.append(time.perf_counter() - wall)
+        logits = torch.cat(
+            [backend.logits(val_ids[s : s + 65536]) for s in range(0, len(val_ids), 65536)]
+        )
+        per_epoch.append(evaluate(logits.float().cpu().numpy(), data["val_labels"]))
+    return {
+        "system": name,
+        "backend": backend.name,
+        "device": str(device),
+        "batch": batch,
+        "lr": args.device_lr,
+        "rows_per_epoch": rows,
+        "epochs": args.epochs,
+        **rates(rows, epoch_seconds),
+        "epoch_seconds": epoch_seconds,
+        "cpu_per_wall": None,
+        **per_epoch[-1],
+        "val_logloss_by_epoch": [m["val_logloss"] for m in per_epoch],
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "device_peak_mb": (
+            torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+        ),
+        "loadavg_1m": os.getloadavg()[0],
+    }
 
 
 if __name__ == "__main__":

@@ -151,7 +151,12 @@ class CTRModule(L.LightningModule):
         if seconds > 0 and samples:
             self.log("train/samples_per_s", samples / seconds, sync_dist=sync)
             self.log("train/epoch_seconds", seconds, sync_dist=sync)
-        checksum = checksums_agree(parameter_checksum(self.model))[0]
+        checksums = checksums_agree(parameter_checksum(self.model))
+        if sync:
+            rank_zero_info(
+                f"epoch {self.current_epoch}: parameter checksums by rank {checksums} (equal)"
+            )
+        checksum = checksums[0]
         self.log("train/param_checksum", checksum, sync_dist=sync)
         self.last_metrics["train/param_checksum"] = checksum
 
