@@ -34,7 +34,7 @@ from cvr.data.preprocess import (
     stable_hash,
 )
 from cvr.data.store import SPLITS, StoreWriter
-from cvr.data.vocab import IntTable, StringTable, hash_strings
+from cvr.data.vocab import LogTable, StringTable, hash_strings, remap_columns
 
 TRAIN = 0
 _SCATTER_ROWS = 1 << 18
@@ -48,14 +48,13 @@ class OnePassEncoder:
         self.encoders = pre.blank_encoders()
         self.tmp = Path(tmp)
         self.num_labels = num_labels
-        self.tables: dict[int, StringTable | IntTable] = {}
+        self.tables: dict[int, StringTable | LogTable] = {}
         self.quantile: dict[int, int] = {}  # field -> column of the quantile values file
         for j, enc in enumerate(self.encoders):
             if enc.rule == "quantile":
                 self.quantile[j] = len(self.quantile)
             elif enc.rule == "vocab":
-                self.tables[j] = StringTable() if enc.kind == "categorical" else IntTable()
-        self.counts = {j: np.zeros(1, dtype=np.int64) for j in self.tables}
+                self.tables[j] = StringTable() if enc.kind == "categorical" else LogTable()
         self.samples = {j: StrideSample(QUANTILE_SAMPLE) for j in self.quantile}
         self.rows = 0
         self.train_rows = 0
@@ -70,6 +69,8 @@ class OnePassEncoder:
     def add(self, batch: pa.RecordBatch, codes: np.ndarray | None) -> None:
         """Encode one reader batch; `codes` are its split codes, or None until `set_codes`."""
         n = batch.num_rows
+        # Train rows are counted while encoding; without codes (time split) later, from disk.
+        train = np.zeros(n, dtype=bool) if codes is None else np.asarray(codes) == TRAIN
         ids = np.empty((n, len(self.encoders)), dtype=np.int32)
         qvalues = np.empty((n, len(self.quantile)), dtype=np.float64)
         for j, enc in enumerate(self.encoders):
@@ -78,11 +79,9 @@ class OnePassEncoder:
                 qvalues[:, self.quantile[j]] = numbers_of(col)
             elif enc.rule == "hash":
                 ids[:, j] = self._hash_ids(enc, col)
-            elif enc.kind == "categorical":
-                ids[:, j] = self.tables[j].encode(col)
             else:
-                values = numbers_of(col)
-                ids[:, j] = self.tables[j].encode(criteo_log_keys(values), ~np.isnan(values))
+                values = col if enc.kind == "categorical" else numbers_of(col)
+                ids[:, j] = self.tables[j].encode(values, train)
         labels = np.column_stack(
             [batch.column(lbl).to_numpy(zero_copy_only=False) for lbl in self.pre.schema.labels]
         ).astype(np.float32)
@@ -92,7 +91,7 @@ class OnePassEncoder:
             qvalues.tofile(self._files["quantile"])
         if codes is not None:
             np.asarray(codes, dtype=np.int8).tofile(self._files["codes"])
-            self._fit_rows(ids, qvalues, codes == TRAIN)
+            self._fit_rows(ids, qvalues, train, counted=True)
         self.rows += n
 
     @staticmethod
@@ -107,16 +106,17 @@ class OnePassEncoder:
         unique_ids = 1 + (stable_hash(names) % np.uint64(enc.hash_buckets))
         return np.where(np.isnan(values), 0, unique_ids[inverse.reshape(-1)])
 
-    def _fit_rows(self, ids: np.ndarray, qvalues: np.ndarray, train: np.ndarray) -> None:
+    def _fit_rows(
+        self, ids: np.ndarray, qvalues: np.ndarray, train: np.ndarray, counted: bool
+    ) -> None:
         if not train.any():
             return
         self.train_rows += int(train.sum())
-        for j, counts in self.counts.items():
-            add = np.bincount(ids[train, j], minlength=len(self.tables[j]) + 1)
-            if len(add) > len(counts):
-                counts = np.concatenate([counts, np.zeros(len(add) - len(counts), np.int64)])
-            counts[: len(add)] += add
-            self.counts[j] = counts
+        if not counted:
+            rows = ids[train]
+            for j, table in self.tables.items():
+                add = np.bincount(rows[:, j], minlength=len(table) + 1)
+                table.counts[: len(add)] += add
         for j, q in self.quantile.items():
             values = qvalues[train, q]
             self.samples[j].add(values[~np.isnan(values)])
@@ -128,7 +128,7 @@ class OnePassEncoder:
         np.asarray(codes, dtype=np.int8).tofile(self._files["codes"])
         self._close()
         for ids, _, qvalues, chunk_codes in self._chunks():
-            self._fit_rows(ids, qvalues, chunk_codes == TRAIN)
+            self._fit_rows(ids, qvalues, chunk_codes == TRAIN, counted=False)
 
     # --- the end --------------------------------------------------------------------------------
     def fit(self) -> Preprocessor:
@@ -136,8 +136,7 @@ class OnePassEncoder:
         self._close()
         encoders = self.encoders
         for j, table in self.tables.items():
-            counts = self.counts[j]
-            counts = np.concatenate([counts, np.zeros(len(table) + 1 - len(counts), np.int64)])
+            counts = table.counts[: len(table) + 1]
             if isinstance(table, StringTable):
                 values = table.values()
             else:
@@ -156,8 +155,7 @@ class OnePassEncoder:
     def write(self, writer: StoreWriter) -> None:
         """Remap the provisional ids and append every row to its split, in file order."""
         for ids, labels, qvalues, codes in self._chunks():
-            for j, remap in self._remaps.items():
-                ids[:, j] = remap[ids[:, j]]
+            remap_columns(ids, self._remaps)
             for j, q in self.quantile.items():
                 ids[:, j] = quantile_ids(self.encoders[j].boundaries, qvalues[:, q])
             for code, split in enumerate(SPLITS):

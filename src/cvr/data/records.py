@@ -8,15 +8,17 @@ as files (`cvr.data.numbers`). Anything else raises a DataError that names the f
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from cvr.data.errors import DataError
 from cvr.data.numbers import parse_numbers
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 class _Encoder(Protocol):

@@ -12,6 +12,7 @@ A store is written through `StoreWriter` into a temporary directory and renamed 
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 import time
@@ -200,7 +201,12 @@ class StoreWriter:
         for name, arr in arrays.items():
             key = (split, name)
             if key not in self._handles:
-                self._handles[key] = open(self.tmp / f"{split}.{name}.raw", "wb")
+                # The .npy itself, behind a header for 0 rows of the same width; finishing
+                # rewrites the header in place (same length), so the data is written once.
+                fh = open(self.tmp / f"{split}.{name}.npy", "wb")
+                width = self.num_fields if name == "ids" else self.num_labels
+                fh.write(_npy_header(0, width, _DTYPES[name]))
+                self._handles[key] = fh
             np.ascontiguousarray(arr, dtype=_DTYPES[name]).tofile(self._handles[key])
         self._rows[split] = self._rows.get(split, 0) + len(ids)
         sums = labels.astype(np.float64).sum(axis=0)
@@ -208,16 +214,20 @@ class StoreWriter:
 
     def _finish_array(self, split: str, name: str, rows: int) -> str:
         width = {"ids": self.num_fields}.get(name, self.num_labels)
-        raw = self.tmp / f"{split}.{name}.raw"
         out = self.tmp / f"{split}.{name}.npy"
-        header = np.lib.format.header_data_from_array_1_0(np.empty((0, width), _DTYPES[name]))
-        header["shape"] = (rows, width)
-        with open(out, "wb") as dst:
-            np.lib.format.write_array_header_1_0(dst, header)
-            if raw.exists():
-                with open(raw, "rb") as src:
-                    shutil.copyfileobj(src, dst, 1 << 22)
-        raw.unlink(missing_ok=True)
+        header = _npy_header(rows, width, _DTYPES[name])
+        if not out.exists():
+            out.write_bytes(header)
+        elif len(header) == len(_npy_header(0, width, _DTYPES[name])):
+            with open(out, "r+b") as fh:
+                fh.write(header)
+        else:  # a header that outgrew the placeholder (not for any real row count): copy
+            tmp = out.with_suffix(".tmp")
+            with open(out, "rb") as src, open(tmp, "wb") as dst:
+                src.seek(len(_npy_header(0, width, _DTYPES[name])))
+                dst.write(header)
+                shutil.copyfileobj(src, dst, 1 << 22)
+            tmp.replace(out)
         return out.name
 
     def finish(
@@ -271,6 +281,15 @@ class StoreWriter:
             self._ctx.__exit__(RuntimeError, err, None)
         except RuntimeError:
             pass
+
+
+def _npy_header(rows: int, width: int, dtype: Any) -> bytes:
+    """The .npy (format 1.0) header of a C-order (rows, width) array of `dtype`."""
+    header = np.lib.format.header_data_from_array_1_0(np.empty((0, width), dtype))
+    header["shape"] = (rows, width)
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, header)
+    return buf.getvalue()
 
 
 class EncodedStore:

@@ -37,9 +37,11 @@ def _hash_strings(data, offsets, out):  # pragma: no cover
 
 @njit(cache=True, nogil=True)
 def _encode_strings(
-    data, offsets, valid, out, keys, slots, pool, pool_off, state, start
+    data, offsets, valid, train, out, counts, table, pool, pool_off, state, start
 ):  # pragma: no cover
-    mask = np.uint64(len(keys) - 1)
+    # table[slot] = (hash, id | length << 32, first 8 bytes): one cache line decides most
+    # lookups; only values longer than 8 bytes are compared further, in the pool.
+    mask = np.uint64(len(table) - 1)
     n_ids = state[0]
     used = state[1]
     for i in range(start, len(out)):
@@ -49,30 +51,40 @@ def _encode_strings(
         s = offsets[i]
         e = offsets[i + 1]
         h = _FNV_OFFSET
+        prefix = np.uint64(0)
         for p in range(s, e):
-            h = (h ^ np.uint64(data[p])) * _FNV_PRIME
+            b = np.uint64(data[p])
+            h = (h ^ b) * _FNV_PRIME
+            if p - s < 8:
+                prefix |= b << np.uint64(8 * (p - s))
         h = _mix(h)
+        length = np.uint64(e - s)
         slot = h & mask
         found = 0
         while True:
-            ident = slots[slot]
+            meta = table[slot, 1]
+            ident = np.int64(meta & np.uint64(0xFFFFFFFF))
             if ident == 0:
                 break
-            if keys[slot] == h:
-                a = pool_off[ident - 1]
-                if pool_off[ident] - a == e - s:
-                    same = True
-                    for q in range(e - s):
+            if (
+                table[slot, 0] == h
+                and (meta >> np.uint64(32)) == length
+                and table[slot, 2] == prefix
+            ):
+                same = True
+                if e - s > 8:
+                    a = pool_off[ident - 1]
+                    for q in range(8, e - s):
                         if pool[a + q] != data[s + q]:
                             same = False
                             break
-                    if same:
-                        found = ident
-                        break
+                if same:
+                    found = ident
+                    break
             slot = (slot + np.uint64(1)) & mask
         if found == 0:
             if (
-                (n_ids + 1) * 2 > len(keys)
+                (n_ids + 1) * 2 > len(table)
                 or used + (e - s) > len(pool)
                 or n_ids + 2 > len(pool_off)
             ):
@@ -84,24 +96,52 @@ def _encode_strings(
             used += e - s
             n_ids += 1
             pool_off[n_ids] = used
-            keys[slot] = h
-            slots[slot] = n_ids
+            table[slot, 0] = h
+            table[slot, 1] = np.uint64(n_ids) | (length << np.uint64(32))
+            table[slot, 2] = prefix
             found = n_ids
         out[i] = found
+        if train[i]:
+            counts[found] += 1
     state[0] = n_ids
     state[1] = used
     return -1
 
 
 @njit(cache=True, nogil=True)
-def _encode_ints(values, valid, out, keys, slots, table_values, state, start):  # pragma: no cover
+def _rehash_strings(table, new_table):  # pragma: no cover
+    mask = np.uint64(len(new_table) - 1)
+    for j in range(len(table)):
+        if table[j, 1] == 0:
+            continue
+        slot = table[j, 0] & mask
+        while new_table[slot, 1] != 0:
+            slot = (slot + np.uint64(1)) & mask
+        new_table[slot, 0] = table[j, 0]
+        new_table[slot, 1] = table[j, 1]
+        new_table[slot, 2] = table[j, 2]
+
+
+@njit(cache=True, nogil=True)
+def _criteo_log_key(v):  # pragma: no cover
+    # As preprocess.criteo_log_keys: 2 * code + 1 for `L` (v > 2), 2 * code for `V`.
+    if v > 2:
+        return np.int64(np.floor(np.log(v) ** 2)) * 2 + 1
+    return np.int64(np.floor(max(v, -(2.0**61)))) * 2
+
+
+@njit(cache=True, nogil=True)
+def _encode_log(
+    values, train, out, counts, keys, slots, table_values, state, start
+):  # pragma: no cover
     mask = np.uint64(len(keys) - 1)
     n_ids = state[0]
     for i in range(start, len(out)):
-        if not valid[i]:
+        x = values[i]
+        if np.isnan(x):
             out[i] = 0
             continue
-        v = values[i]
+        v = _criteo_log_key(x)
         h = _mix(np.uint64(v))
         slot = h & mask
         found = 0
@@ -123,6 +163,8 @@ def _encode_ints(values, valid, out, keys, slots, table_values, state, start):  
             slots[slot] = n_ids
             found = n_ids
         out[i] = found
+        if train[i]:
+            counts[found] += 1
     state[0] = n_ids
     return -1
 
@@ -139,6 +181,26 @@ def _rehash(keys, slots, new_keys, new_slots):  # pragma: no cover
             slot = (slot + np.uint64(1)) & mask
         new_keys[slot] = keys[j]
         new_slots[slot] = ident
+
+
+@njit(cache=True, nogil=True)
+def _remap_rows(ids, remaps, offsets):  # pragma: no cover
+    for i in range(ids.shape[0]):
+        for j in range(ids.shape[1]):
+            if offsets[j] >= 0:
+                ids[i, j] = remaps[offsets[j] + ids[i, j]]
+
+
+def remap_columns(ids: np.ndarray, remaps: dict[int, np.ndarray]) -> None:
+    """In place: ids[:, j] = remaps[j][ids[:, j]] for each j in `remaps`, one pass over rows."""
+    offsets = np.full(ids.shape[1], -1, dtype=np.int64)
+    parts, at = [], 0
+    for j, remap in remaps.items():
+        offsets[j] = at
+        parts.append(remap.astype(np.int32, copy=False))
+        at += len(remap)
+    if parts:
+        _remap_rows(ids, np.concatenate(parts), offsets)
 
 
 def _string_buffers(arr: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -167,17 +229,17 @@ class StringTable:
     """Distinct strings -> provisional ids 1..n in first-seen order (0 for null)."""
 
     def __init__(self, capacity: int = 1 << 12) -> None:
-        self.keys = np.zeros(capacity, dtype=np.uint64)
-        self.slots = np.zeros(capacity, dtype=np.int32)
+        self.table = np.zeros((capacity, 3), dtype=np.uint64)
         self.pool = np.empty(capacity * 8, dtype=np.uint8)
         self.pool_off = np.zeros(capacity + 1, dtype=np.int64)
+        self.counts = np.zeros(capacity + 1, dtype=np.int64)  # train rows per provisional id
         self.state = np.zeros(2, dtype=np.int64)  # ids used, pool bytes used
 
     def __len__(self) -> int:
         return int(self.state[0])
 
-    def encode(self, arr: pa.Array) -> np.ndarray:
-        """int32 (n,) provisional ids of a string array."""
+    def encode(self, arr: pa.Array, train: np.ndarray) -> np.ndarray:
+        """int32 (n,) provisional ids of a string array; rows in `train` are counted."""
         data, offsets, valid = _string_buffers(arr)
         out = np.empty(len(arr), dtype=np.int32)
         start = 0
@@ -186,9 +248,10 @@ class StringTable:
                 data,
                 offsets,
                 valid,
+                train,
                 out,
-                self.keys,
-                self.slots,
+                self.counts,
+                self.table,
                 self.pool,
                 self.pool_off,
                 self.state,
@@ -200,13 +263,13 @@ class StringTable:
 
     def _grow(self, need_bytes: int) -> None:
         n, used = int(self.state[0]), int(self.state[1])
-        if (n + 1) * 2 > len(self.keys):
-            keys = np.zeros(len(self.keys) * 2, dtype=np.uint64)
-            slots = np.zeros(len(self.keys) * 2, dtype=np.int32)
-            _rehash(self.keys, self.slots, keys, slots)
-            self.keys, self.slots = keys, slots
+        if (n + 1) * 2 > len(self.table):
+            table = np.zeros((len(self.table) * 2, 3), dtype=np.uint64)
+            _rehash_strings(self.table, table)
+            self.table = table
         if n + 2 > len(self.pool_off):
             self.pool_off = np.concatenate([self.pool_off, np.zeros_like(self.pool_off)])
+            self.counts = np.concatenate([self.counts, np.zeros_like(self.counts)])
         if used + need_bytes > len(self.pool):
             size = max(2 * len(self.pool), used + need_bytes)
             pool = np.empty(size, dtype=np.uint8)
@@ -223,26 +286,35 @@ class StringTable:
         )
 
 
-class IntTable:
-    """Distinct int64 keys -> provisional ids 1..n in first-seen order (0 where not valid)."""
+class LogTable:
+    """criteo_log categories of float values -> provisional ids 1..n in first-seen order (0 for
+    NaN); `values()` are the category keys (`preprocess.criteo_log_keys`)."""
 
     def __init__(self, capacity: int = 1 << 8) -> None:
         self.keys = np.zeros(capacity, dtype=np.uint64)
         self.slots = np.zeros(capacity, dtype=np.int32)
         self.table_values = np.zeros(capacity + 1, dtype=np.int64)
+        self.counts = np.zeros(capacity + 1, dtype=np.int64)
         self.state = np.zeros(1, dtype=np.int64)
 
     def __len__(self) -> int:
         return int(self.state[0])
 
-    def encode(self, values: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    def encode(self, values: np.ndarray, train: np.ndarray) -> np.ndarray:
         out = np.empty(len(values), dtype=np.int32)
-        values = np.ascontiguousarray(values, dtype=np.int64)
-        valid = np.ascontiguousarray(valid, dtype=bool)
+        values = np.ascontiguousarray(values, dtype=np.float64)
         start = 0
         while True:
-            start = _encode_ints(
-                values, valid, out, self.keys, self.slots, self.table_values, self.state, start
+            start = _encode_log(
+                values,
+                train,
+                out,
+                self.counts,
+                self.keys,
+                self.slots,
+                self.table_values,
+                self.state,
+                start,
             )
             if start < 0:
                 return out
@@ -255,6 +327,7 @@ class IntTable:
                 self.table_values = np.concatenate(
                     [self.table_values, np.zeros_like(self.table_values)]
                 )
+                self.counts = np.concatenate([self.counts, np.zeros_like(self.counts)])
 
     def values(self) -> np.ndarray:
         """int64 (n,): the key of provisional id i + 1 at position i."""

@@ -171,12 +171,19 @@ class Reader:
         raise NotImplementedError
 
     def _finish(
-        self, columns: Mapping[str, pa.Array], lines: np.ndarray, problems: Problems
+        self,
+        columns: Mapping[str, pa.Array | np.ndarray],
+        lines: np.ndarray,
+        problems: Problems,
+        blanks: bool = True,
     ) -> pa.RecordBatch | None:
         """Validate raw `string` columns (by source name) and build the output batch.
 
-        `problems` holds what the format-specific parsing found already; rows it marks are not
-        checked further, so a row is counted once, under its first problem.
+        A numeric or label column may instead come as float64 numbers already parsed by the
+        format (NaN = missing; `_text_of(source)` gives its text for messages). `blanks=False`
+        says the text columns hold nulls, never empty strings. `problems` holds what the
+        format-specific parsing found already; rows it marks are not checked further, so a row
+        is counted once, under its first problem.
         """
         self.lines += len(lines)
         out: dict[str, pa.Array | np.ndarray] = {}
@@ -184,9 +191,9 @@ class Reader:
         for src, kind in self.field_columns:
             col = columns[src]
             if kind == "categorical":
-                out[src] = blank_to_null(col)
+                out[src] = blank_to_null(col) if blanks else col
                 continue
-            values, missing, bad = parse_numbers(col)
+            values, missing, bad = _numbers(col)
             problems.add(
                 bad,
                 BAD_NUMBER,
@@ -196,18 +203,31 @@ class Reader:
             numeric_masks[src] = missing
         for name, src in self.label_sources:
             col = columns[src]
-            values, missing, bad = parse_numbers(col)
+            values, missing, bad = _numbers(col)
             bad |= missing | ~((values == 0) | (values == 1))
             problems.add(
                 bad,
                 BAD_LABEL,
-                lambda i, name=name, col=col: (
-                    f"label {name!r} must be 0 or 1, got {raw_value(col, i)!r}"
+                lambda i, name=name, src=src, col=col: (
+                    f"label {name!r} must be 0 or 1, got {raw_value(self._text(src, col), i)!r}"
                 ),
             )
             out[name] = values
         if self.time_column:
             out[TIME_COLUMN] = blank_to_null(columns[self.time_column])
+
+        return self._batch(out, numeric_masks, lines, problems)
+
+    def _text(self, src: str, col: pa.Array | np.ndarray) -> pa.Array:
+        return self._text_of(src) if isinstance(col, np.ndarray) else col
+
+    def _batch(
+        self,
+        out: dict[str, pa.Array | np.ndarray],
+        numeric_masks: dict[str, np.ndarray],
+        lines: np.ndarray,
+        problems: Problems,
+    ) -> pa.RecordBatch | None:
 
         keep = ~problems.bad
         if not keep.all():
@@ -274,6 +294,14 @@ class TextReader(Reader):
             LINE_TOO_LONG,
             lambda i: f"the line is longer than data.max_line_bytes ({limit} bytes)",
         )
+
+
+def _numbers(col: pa.Array | np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(values, missing, bad) of a text column, or of numbers a format already parsed."""
+    if isinstance(col, np.ndarray):
+        missing = np.isnan(col)
+        return col, missing, np.zeros(len(col), dtype=bool)
+    return parse_numbers(col)
 
 
 def _is_text(arr: pa.Array) -> bool:

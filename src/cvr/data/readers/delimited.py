@@ -20,7 +20,7 @@ import pyarrow.compute as pc
 
 from cvr.data.errors import BAD_ENCODING, WRONG_COLUMN_COUNT, DataError
 from cvr.data.readers.base import Problems, TextReader
-from cvr.data.readers.columns import NON_ASCII, QUOTED, cut_columns, gather
+from cvr.data.readers.columns import NON_ASCII, QUOTED, cut_columns, gather, parse_ints
 from cvr.data.readers.lines import LineBlock, decode
 from cvr.data.schema import Schema, SchemaError
 
@@ -152,8 +152,17 @@ class DelimitedReader(TextReader):
             col_start[:, bad_rows] = -1  # never build strings from invalid bytes
             col_end[:, bad_rows] = -1
             flags[bad_rows] = 0
-        columns = dict(zip(positions, gather(block.buf, col_start, col_end), strict=True))
-        if self.quote_char:
+        srcs = list(positions)
+        columns: dict[str, pa.Array | np.ndarray] = {}
+        quoted = self.quote_char is not None and bool((flags & QUOTED).any())
+        numeric = [k for k, c in enumerate(srcs) if c in self._numeric_sources and not quoted]
+        if numeric:
+            values, plain = parse_ints(block.buf, col_start[numeric], col_end[numeric])
+            columns.update((srcs[k], values[q]) for q, k in enumerate(numeric) if plain[q])
+        text = [k for k, c in enumerate(srcs) if c not in columns]
+        strings = gather(block.buf, col_start[text], col_end[text])
+        columns.update(zip([srcs[k] for k in text], strings, strict=True))
+        if quoted:
             self._requote(block, flags, counts, columns, positions, problems)
         expected = len(names)
         ok = counts == expected
@@ -164,7 +173,17 @@ class DelimitedReader(TextReader):
             WRONG_COLUMN_COUNT,
             lambda i: f"expected {expected} columns, got {counts[i]}",
         )
-        return self._finish(columns, block.numbers, problems)
+        self._text_of = lambda c: gather(
+            block.buf, col_start[[srcs.index(c)]], col_end[[srcs.index(c)]]
+        )[0]
+        return self._finish(columns, block.numbers, problems, blanks=quoted)
+
+    @property
+    def _numeric_sources(self) -> set[str]:
+        """Source columns read as numbers only (parsed from the bytes when plain integers)."""
+        numeric = {c for c, kind in self.field_columns if kind == "numeric"}
+        numeric |= {c for _, c in self.label_sources}
+        return numeric - {self.time_column}
 
     def _requote(
         self,

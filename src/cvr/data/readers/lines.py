@@ -13,6 +13,7 @@ the reader can refuse it (`on_error=raise`) or count it (`skip`) under `line_too
 
 from __future__ import annotations
 
+import itertools
 import lzma
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -173,7 +174,7 @@ def line_aligned_ranges(path: str | Path, target_bytes: int) -> list[tuple[int, 
                 cuts.append(cut)
             pos = cut + target_bytes
     cuts.append(size)
-    return [(a, b) for a, b in zip(cuts[:-1], cuts[1:], strict=True) if b > a]
+    return [(a, b) for a, b in itertools.pairwise(cuts) if b > a]
 
 
 def _first_terminator(block: bytes) -> int:
