@@ -151,6 +151,7 @@ class CTRModule(L.LightningModule):
         if seconds > 0 and samples:
             self.log("train/samples_per_s", samples / seconds, sync_dist=sync)
             self.log("train/epoch_seconds", seconds, sync_dist=sync)
+            self.last_metrics["train/samples_per_s"] = samples / seconds  # the last epoch's
         checksums = checksums_agree(parameter_checksum(self.model))
         if sync:
             rank_zero_info(

@@ -20,12 +20,27 @@ from omegaconf import DictConfig, OmegaConf
 
 from cvr.backends import Optimization, select_backend
 from cvr.backends.distributed import is_main_process, strategy_name
+from cvr.checkpointing import AtomicCheckpointIO, resume_checkpoint
 from cvr.data.datamodule import StoreDataModule
+from cvr.data.funnel_batches import FunnelDataModule
 from cvr.data.store import EncodedStore
 from cvr.metrics import binary_metrics
+from cvr.models.funnel_module import FunnelModule
 from cvr.models.module import CTRModule
 from cvr.models.registry import build_model
 from cvr.ops.manifest import fingerprint, write_json_atomic
+from cvr.pipelines import funnel
+from cvr.pipelines.config_check import check_config
+from cvr.pipelines.ddp_launch import launch_only_this_job
+from cvr.pipelines.errors import ConfigError
+from cvr.pipelines.run_lifecycle import (
+    final_status,
+    missing_outputs,
+    owner_record,
+    refuse_if_alive,
+    signals_as_exceptions,
+    take_over,
+)
 from cvr.tracking import mlflow_runs, run_names, training_run
 from cvr.tracking.sweep import sweep_context
 
@@ -48,10 +63,6 @@ _NON_IDENTITY_KEYS = (
 
 def register_resolvers() -> None:
     OmegaConf.register_new_resolver("cvr_pid", lambda: os.getpid(), replace=True)
-
-
-class ConfigError(ValueError):
-    """A config value that cannot work; the message names the key and what was expected."""
 
 
 def validate_config(cfg: DictConfig) -> None:
@@ -87,8 +98,11 @@ def build_optimization(cfg: DictConfig) -> Optimization:
     )
 
 
-def build_module(cfg: DictConfig, model: torch.nn.Module, trainer: L.Trainer) -> CTRModule:
-    """The CTRModule with the backend `select_backend` picks for this trainer (logged, and why)."""
+def build_module(
+    cfg: DictConfig, model: torch.nn.Module, trainer: L.Trainer, task=None
+) -> CTRModule:
+    """The CTRModule (a FunnelModule for a `task`) with the backend `select_backend` picks for
+    this trainer (logged, and why)."""
     backend, reason = select_backend(
         model,
         cfg.backend.name,
@@ -99,13 +113,15 @@ def build_module(cfg: DictConfig, model: torch.nn.Module, trainer: L.Trainer) ->
     )
     if trainer.is_global_zero:
         log.info("backend: %s (lr %g)", reason, backend.lr)
-    module = CTRModule(model, backend)
+    module = FunnelModule(model, backend, task) if task else CTRModule(model, backend)
     module.backend_reason = reason
     return module
 
 
 def build_callbacks(cfg: DictConfig) -> list[L.Callback]:
-    callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
+    nodes = [c for c in (cfg.get("callbacks") or {}).values() if c]
+    # A task's monitor (task.monitor) replaces the callbacks' default `val/auc`.
+    callbacks = [hydra.utils.instantiate(c, **funnel.monitor_overrides(cfg, c)) for c in nodes]
     every = cfg.get("checkpoint_every_n_steps")
     if every:
         # Crash safety on long epochs: last.ckpt is also refreshed every N steps. A separate
@@ -129,6 +145,7 @@ def training_label(cfg: DictConfig, store: EncodedStore) -> str:
         raise ConfigError(
             f"label: {label!r} is not a label of this dataset; choose from {store.label_names}"
         )
+    funnel.legacy_task(label, store)  # says which task this label means (task= is explicit)
     return label
 
 
@@ -177,6 +194,21 @@ def oracle_metrics(store: EncodedStore, split: str, label: str) -> dict[str, flo
     return {f"{split}/oracle_auc": metrics["auc"], f"{split}/oracle_logloss": metrics["logloss"]}
 
 
+#: Per-space rows of a funnel task (cvr.funnel_metrics), printed under the generic ones.
+FUNNEL_TABLE_ROWS = (
+    "ctr_auc",
+    "ctcvr_auc",
+    "cvr_auc_clicked",
+    "oracle_cvr_auc_clicked",
+    "cvr_auc_all",
+    "oracle_cvr_auc_all",
+    "cvr_logloss_all",
+    "oracle_cvr_logloss_all",
+    "ctr_calibration",
+    "ctcvr_calibration",
+    "cvr_calibration_clicked",
+    "cvr_calibration_all",
+)
 #: Efficiency figures printed under the quality table (all are logged to MLflow).
 _TABLE_EFFICIENCY = (
     "eff/params",
@@ -194,10 +226,17 @@ def training_summary(trainer: L.Trainer, best_checkpoint: str) -> dict[str, floa
     absent if there is none) and whether early stopping ended the run (1.0) or max_epochs (0.0).
     """
     out = {"train/epochs_run": float(trainer.current_epoch)}
-    if trainer.max_epochs is not None:
+    if trainer.max_epochs and trainer.max_epochs > 0:
         out["train/max_epochs"] = float(trainer.max_epochs)
+    # (EarlyStopping.stopped_epoch is 0 both when it never stopped and when it stopped after the
+    # first epoch, so ask whether the loop was told to stop.)
     stopper = trainer.early_stopping_callback
-    out["train/stopped_early"] = float(bool(stopper is not None and stopper.stopped_epoch > 0))
+    limit = trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else None
+    out["train/stopped_early"] = float(
+        stopper is not None
+        and trainer.should_stop
+        and (limit is None or trainer.current_epoch < limit)
+    )
     match = re.match(r"epoch(\d+)", Path(best_checkpoint).name) if best_checkpoint else None
     if match:
         out["train/best_epoch"] = float(int(match.group(1)) + 1)
@@ -222,6 +261,7 @@ def stop_line(metrics: dict[str, float]) -> str | None:
 
 def metrics_table(metrics: dict[str, float]) -> str:
     rows = ["auc", "logloss", "ne", "calibration", "oracle_auc", "oracle_logloss", "auc_gap"]
+    rows += list(FUNNEL_TABLE_ROWS)  # task=...: each space's figures (absent rows are skipped)
     lines = [f"{'metric':<16}{'val':>12}{'test':>12}", "-" * 40]
     stopped = stop_line(metrics)
     if stopped:
@@ -270,7 +310,9 @@ def fit_and_test(cfg: DictConfig, resume_ckpt: Path | None, run_id: str | None) 
     validate_config(cfg)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     store = build_store(cfg)
-    label = training_label(cfg, store)
+    task = funnel.task_from_config(cfg, store)
+    label = task.train_label if task else training_label(cfg, store)
+    cfg = funnel.with_task_model(cfg)  # task=esmm: the model is ESMM over the chosen towers
     tracking = cfg.logger
     loggers = []
     if run_id is not None:
@@ -279,25 +321,36 @@ def fit_and_test(cfg: DictConfig, resume_ckpt: Path | None, run_id: str | None) 
         training_run.log_training_data(tracking.tracking_uri, run_id, cfg, store, label)
         # Curves at step = epoch; summary metrics are logged once when the run ends.
         loggers.append(EpochMlflowLogger(tracking.tracking_uri, run_id))
-    datamodule = StoreDataModule(store, label=label, seed=cfg.seed, **cfg.datamodule)
+    if task is not None:
+        datamodule = FunnelDataModule(store, task, seed=cfg.seed, **cfg.datamodule)
+    else:
+        datamodule = StoreDataModule(store, label=label, seed=cfg.seed, **cfg.datamodule)
     trainer = hydra.utils.instantiate(cfg.trainer)(
-        callbacks=build_callbacks(cfg), logger=loggers or False
+        callbacks=build_callbacks(cfg),
+        logger=loggers or False,
+        plugins=[AtomicCheckpointIO()],  # temp name in the checkpoint folder, then rename
     )
-    module = build_module(cfg, build_model(cfg, store.cardinalities), trainer)
+    module = build_module(cfg, build_model(cfg, store.cardinalities), trainer, task)
     if run_id is not None:
         mlflow_runs.set_tags(
             tracking.tracking_uri,
             run_id,
-            {"backend": module.backend.name, "backend_reason": module.backend_reason},
+            {
+                "backend": module.backend.name,
+                "backend_reason": module.backend_reason,
+                "task": task.name if task else funnel.task_of_label(label, store.label_names)[0],
+            },
         )
+    launch_only_this_job(trainer.world_size)  # DDP inside a -m sweep: the children run this job
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume_ckpt) if resume_ckpt else None)
     metrics = {k: v for k, v in module.last_metrics.items() if k.startswith("val/")}
     ckpt_cb = trainer.checkpoint_callback
     best = ckpt_cb.best_model_path if ckpt_cb is not None else ""
     trainer.test(module, datamodule=datamodule, ckpt_path=best or None, verbose=False)
     metrics.update(module.last_metrics)
-    metrics.update(oracle_metrics(store, "test", label))
-    metrics.update(oracle_metrics(store, "val", label))  # the learning curve's ceiling
+    if task is None:  # a FunnelModule scores the oracle of its own head and rows
+        metrics.update(oracle_metrics(store, "test", label))
+        metrics.update(oracle_metrics(store, "val", label))  # the learning curve's ceiling
     if "test/oracle_auc" in metrics:
         metrics["test/auc_gap"] = metrics["test/oracle_auc"] - metrics["test/auc"]
     metrics.update(
@@ -358,9 +411,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         # metrics.json and the bundle; this one trains its share from rank 0's checkpoint.
         inherited = os.environ.get(_RESUME_ENV)
         return fit_and_test(cfg, Path(inherited) if inherited else None, None)
+    check_config(cfg)  # every value, before any folder or MLflow run exists
     output_dir.mkdir(parents=True, exist_ok=True)
     identity = run_identity(cfg)
     resume = find_resume_checkpoint(cfg, identity)
+    if resume:  # a checkpoint that does not load falls back to the newest intact one
+        resume = (resume_checkpoint(resume[0]), resume[1])
+        refuse_if_alive(resume[1], resume[0].parent.parent)
     # DDP processes started later inherit this environment: one resume decision for all.
     os.environ[_RESUME_ENV] = str(resume[0]) if resume else ""
     run_id = start_tracking(cfg, output_dir, resume[1] if resume else None)
@@ -371,26 +428,37 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             "run_name": run_names.run_display_name(cfg, sweep_context()),
             "mlflow_run_id": run_id,
             "resumed_from": str(resume[0]) if resume else None,
+            **owner_record(),
         },
     )
+    if resume and run_id is not None:
+        take_over(cfg.logger.tracking_uri, run_id, resume[1])
     if resume:
         log.info("resuming from %s", resume[0])
     publish_to = _publish_settings(cfg)  # a bad `publish` value fails before training
     try:
-        metrics = fit_and_test(cfg, resume[0] if resume else None, run_id)
-        if publish_to is not None:
-            publish_tables(cfg, publish_to, output_dir / "bundle", run_id)
-        if run_id is not None:
-            uri = cfg.logger.tracking_uri
+        with signals_as_exceptions():  # SIGTERM/SIGINT end the run as KILLED
+            metrics = fit_and_test(cfg, resume[0] if resume else None, run_id)
+            if publish_to is not None:
+                publish_tables(cfg, publish_to, output_dir / "bundle", run_id)
             bundle = output_dir / "bundle"
-            log_model = cfg.logger.get("log_model", True) and bundle.is_dir()
-            training_run.finish_run(uri, run_id, metrics, bundle if log_model else None)
-            mlflow_runs.end_run(uri, run_id, "FINISHED")
-    except BaseException:
+            if run_id is not None:
+                uri = cfg.logger.tracking_uri
+                log_model = cfg.logger.get("log_model", True) and bundle.is_dir()
+                training_run.finish_run(uri, run_id, metrics, bundle if log_model else None)
+            write_json_atomic(output_dir / "metrics.json", metrics)
+            # FINISHED only once everything the run promised exists.
+            promised = [output_dir / "metrics.json"]
+            promised += [bundle / "manifest.json"] if cfg.get("export_bundle", True) else []
+            missing = missing_outputs(promised)
+            if missing:
+                raise RuntimeError(f"run ended without {', '.join(map(str, missing))}")
+            if run_id is not None:
+                mlflow_runs.end_run(uri, run_id, "FINISHED")
+    except BaseException as exc:
         if run_id is not None:
-            mlflow_runs.end_run(cfg.logger.tracking_uri, run_id, "FAILED")
+            mlflow_runs.end_run(cfg.logger.tracking_uri, run_id, final_status(exc))
         raise
-    write_json_atomic(output_dir / "metrics.json", metrics)
     if cfg.get("print_table", True):
         print(f"\n{run_names.run_display_name(cfg, sweep_context())}  (output: {output_dir})")
         print(metrics_table(metrics))

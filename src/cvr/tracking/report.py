@@ -67,7 +67,10 @@ def load_runs(
             "model": raw.get("params.model._target_", pd.Series(dtype=str)).map(_short),
             "embedding": raw.get("params.embedding._target_", pd.Series(dtype=str)).map(_short),
             "dim": pd.to_numeric(raw.get("params.embedding.dim"), errors="coerce"),
-            "backend": raw.get("params.model.backend", pd.Series(dtype=str)).fillna(""),
+            # The backend that trained (tag set by the pipeline), else the old model.backend param.
+            "backend": raw.get("tags.backend", pd.Series(dtype=str))
+            .combine_first(raw.get("params.model.backend", pd.Series(dtype=str)))
+            .fillna(""),
             "data": raw.get("tags.dataset"),
         }
     )
