@@ -33,6 +33,8 @@ bench: setup
 	mkdir -p outputs/bench
 	$(PY) scripts/bench_train.py --out outputs/bench/train.json
 	$(PY) scripts/bench_infer.py --out outputs/bench/infer.json
+	# Store builds vs pyarrow's bare parse at 0.5M and 2M rows (--large adds 8M: ~2.3 GB, minutes).
+	$(PY) scripts/bench_data.py --out outputs/bench/data.json
 
 lint: setup
 	$(VENV)/bin/ruff check .
