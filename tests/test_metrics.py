@@ -16,6 +16,24 @@ def test_auc_and_logloss_equal_scikit_learn():
     assert m["logloss"] == pytest.approx(log_loss(y, p), abs=1e-9)
 
 
+@pytest.mark.parametrize("levels", [3, 20, 1000])
+def test_auc_with_many_ties_equals_scikit_learn(levels):
+    """Scores on a coarse grid (as a model's float32 output can be): ties count half."""
+    rng = np.random.default_rng(levels)
+    y = rng.random(20_000) < 0.2
+    p = np.round(np.clip(0.2 + 0.3 * y + rng.normal(0, 0.3, y.size), 0, 1) * (levels - 1))
+    assert binary_metrics(y, p / (levels - 1))["auc"] == pytest.approx(
+        roc_auc_score(y, p), abs=1e-12
+    )
+
+
+def test_auc_hand_computed():
+    # pairs (pos, neg): (0.8, 0.1) win, (0.8, 0.8) tie, (0.4, 0.1) win, (0.4, 0.8) loss
+    assert binary_metrics(np.array([1, 0, 1, 0]), np.array([0.8, 0.1, 0.4, 0.8]))[
+        "auc"
+    ] == pytest.approx(2.5 / 4)
+
+
 def test_normalized_entropy_hand_computed():
     y = np.array([1, 0, 0, 0])
     p = np.full(4, 0.25)  # predicting the base rate exactly: NE = 1
