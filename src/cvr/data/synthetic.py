@@ -75,6 +75,12 @@ class SyntheticSpec:
     positive_rate: float = 0.2
     funnel: bool = False
     conversion_rate: float = 0.1  # P(conversion | click) on average, when funnel
+    # Selection-bias knob (funnel only): None keeps the conversion truth independent of the click
+    # truth and calibrated over all impressions (stores made before the knob). A number rho in
+    # [-1, 1]: conversion logit = rho * click score + sqrt(1 - rho^2) * its own score (the two
+    # latent scores correlate by rho), calibrated so P(conversion | click) = conversion_rate
+    # over clicked impressions; rho > 0 makes clicked impressions convert more than the rest.
+    funnel_correlation: float | None = None
     min_count: int = 1
     seed: int = 0
 
@@ -89,6 +95,10 @@ class SyntheticSpec:
             )
         if not 0 < self.positive_rate < 1:
             raise ValueError(f"data.positive_rate must be in (0, 1), got {self.positive_rate}")
+        if self.funnel_correlation is not None and not -1 <= self.funnel_correlation <= 1:
+            raise ValueError(
+                f"data.funnel_correlation must be null or in [-1, 1], got {self.funnel_correlation}"
+            )
         if self.user_fields + self.item_fields > self.num_fields:
             raise ValueError("data.user_fields + data.item_fields must not exceed num_fields")
         for key in ("rows_train", "rows_val", "rows_test"):
@@ -153,13 +163,15 @@ class GroundTruth:
             z += 0.5 * ((emb.sum(1) ** 2).sum(1) - (emb**2).sum((1, 2)))
         return z
 
-    def calibrate(self, sample_ids: np.ndarray, rate: float) -> None:
-        """Set the bias so the mean true probability on a sample equals `rate`."""
+    def calibrate(
+        self, sample_ids: np.ndarray, rate: float, weights: np.ndarray | None = None
+    ) -> None:
+        """Set the bias so the mean (`weights`-weighted) true probability on a sample is `rate`."""
         z = self.logits(sample_ids) - self.bias
         lo, hi = -30.0, 30.0
         for _ in range(60):
             mid = (lo + hi) / 2
-            if _sigmoid(z + mid).mean() > rate:
+            if np.average(_sigmoid(z + mid), weights=weights) > rate:
                 hi = mid
             else:
                 lo = mid
@@ -168,6 +180,22 @@ class GroundTruth:
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-z))
+
+
+class CorrelatedTruth:
+    """Conversion truth sharing latent factors with the click truth (`funnel_correlation`):
+    logit = bias + rho * (click logit - click bias) + sqrt(1 - rho^2) * (own logit - own bias)."""
+
+    def __init__(self, click: GroundTruth, own: GroundTruth, correlation: float) -> None:
+        self.click, self.own, self.rho = click, own, float(correlation)
+        self.bias = 0.0
+
+    def logits(self, ids: np.ndarray) -> np.ndarray:
+        shared = self.click.logits(ids) - self.click.bias
+        own = self.own.logits(ids) - self.own.bias
+        return self.bias + self.rho * shared + np.sqrt(1.0 - self.rho**2) * own
+
+    calibrate = GroundTruth.calibrate
 
 
 class SyntheticGenerator:
@@ -181,9 +209,15 @@ class SyntheticGenerator:
         calib = self.sample_ids(np.random.default_rng([spec.seed, 5]), 20_000)
         self.click_model.calibrate(calib, spec.positive_rate)
         self.conversion_model = None
-        if spec.funnel:
+        if spec.funnel and spec.funnel_correlation is None:
             self.conversion_model = GroundTruth(spec, self.cardinalities, stream=2)
             self.conversion_model.calibrate(calib, spec.conversion_rate)
+        elif spec.funnel:
+            own = GroundTruth(spec, self.cardinalities, stream=2)
+            self.conversion_model = CorrelatedTruth(self.click_model, own, spec.funnel_correlation)
+            # P(conversion | click) over clicks: the mean pCVR weighted by pCTR.
+            p_click = _sigmoid(self.click_model.logits(calib))
+            self.conversion_model.calibrate(calib, spec.conversion_rate, weights=p_click)
 
     def _zipf_cdf(self, n: int) -> np.ndarray:
         p = np.arange(1, n + 1, dtype=np.float64) ** (-self.spec.zipf_exponent)
@@ -274,7 +308,10 @@ def build_synthetic_store(
 ) -> EncodedStore:
     """Generate (or reuse from the cache) a synthetic store; see `SyntheticSpec` for options."""
     spec = SyntheticSpec(**spec_kwargs)
-    fp = fingerprint("synthetic", GENERATOR_VERSION, asdict(spec))
+    identity = asdict(spec)
+    if identity["funnel_correlation"] is None:  # stores made before the knob keep their id
+        del identity["funnel_correlation"]
+    fp = fingerprint("synthetic", GENERATOR_VERSION, identity)
     path = store_dir(cache_root, name, fp)
     cached = open_cached(path, fp)
     if cached is not None:

@@ -23,6 +23,7 @@ from typing import Any
 from torch import nn
 
 from cvr.models.ctr import FFM, FM, LR, CTRModel, FwFM
+from cvr.models.esmm import ESMM, TOWERS
 from cvr.models.hashed_embedding import HashedEmbedding
 from cvr.models.mixed_dim_embedding import MixedDimEmbedding
 from cvr.models.qr_embedding import OPERATIONS, QREmbedding
@@ -101,6 +102,12 @@ MODELS: dict[str, Entry] = {
     "fm": Entry(FM, {}, ("cvr.models.ctr.FM",)),
     "ffm": Entry(FFM, {}, ("cvr.models.ctr.FFM",)),
     "fwfm": Entry(FwFM, {}, ("cvr.models.ctr.FwFM",)),
+    # Two towers (task=esmm): `tower` is the model choice, `share_embedding` the ablation.
+    "esmm": Entry(
+        ESMM,
+        {"tower": Option(str, "ffm", choices=TOWERS), "share_embedding": Option(bool, True)},
+        ("cvr.models.esmm.ESMM",),
+    ),
 }
 MODEL_BACKENDS = ("autograd", "fused")
 
@@ -153,9 +160,12 @@ class ModelSpec:
     name: str
     #: Recorded by configs and bundles that chose a backend per model; None where not given.
     backend: str | None = None
+    #: The model's declared options (`Entry.options`), checked.
+    options: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, **({"backend": self.backend} if self.backend else {})}
+        backend = {"backend": self.backend} if self.backend else {}
+        return {"name": self.name, **backend, **self.options}
 
 
 @dataclass(frozen=True)
@@ -191,14 +201,21 @@ def _plain_mapping(node: Any, where: str) -> dict[str, Any]:
 def model_spec(node: Any) -> ModelSpec:
     """The ModelSpec of a `model` config node or model.json record; SpecError if invalid."""
     node = _plain_mapping(node, "model")
-    name, _ = _lookup(MODELS, node, "model")
-    unknown = sorted(set(node) - {"name", "_target_", "backend"})
+    name, entry = _lookup(MODELS, node, "model")
+    unknown = sorted(set(node) - {"name", "_target_", "backend", *entry.options})
     if unknown:
-        raise SpecError(f"model: unknown keys {unknown} for model {name!r}; allowed: ['backend']")
+        raise SpecError(
+            f"model: unknown keys {unknown} for model {name!r}; "
+            f"allowed: {['backend', *entry.options]}"
+        )
     backend = node.get("backend")
     if backend is not None:
         backend = Option(str, "autograd", choices=MODEL_BACKENDS).check("model.backend", backend)
-    return ModelSpec(name, backend)
+    options = {
+        key: option.check(f"model.{key}", node.get(key, option.default))
+        for key, option in entry.options.items()
+    }
+    return ModelSpec(name, backend, options)
 
 
 def embedding_spec(node: Any) -> EmbeddingSpec:
@@ -252,7 +269,7 @@ def build(model: ModelSpec, embedding: EmbeddingSpec, cardinalities: list[int]) 
     extra = {}
     if model.backend is not None and "backend" in inspect.signature(cls.__init__).parameters:
         extra["backend"] = model.backend
-    return cls(cards, dim=embedding.dim, embedding=table, **extra)
+    return cls(cards, dim=embedding.dim, embedding=table, **extra, **model.options)
 
 
 def build_model(cfg: Any, cardinalities: list[int]) -> CTRModel:
