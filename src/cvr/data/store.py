@@ -134,8 +134,8 @@ class StoreMeta:
             synthetic = meta["source"].get("synthetic")
         labels = list(meta["labels"])
         return cls(
-            name=meta["name"],
-            fingerprint=meta["fingerprint"],
+            name=meta.get("name", ""),
+            fingerprint=meta.get("fingerprint", ""),
             schema=schema,
             cardinalities=[int(c) for c in meta["cardinalities"]],
             labels=labels,

@@ -140,7 +140,7 @@ def build_callbacks(cfg: DictConfig) -> list[L.Callback]:
 
 
 def training_label(cfg: DictConfig, store: EncodedStore) -> str:
-    label = cfg.get("label") or store.meta.get("label") or store.label_names[0]
+    label = cfg.get("label") or store.info.label
     if label not in store.label_names:
         raise ConfigError(
             f"label: {label!r} is not a label of this dataset; choose from {store.label_names}"
@@ -354,7 +354,7 @@ def fit_and_test(cfg: DictConfig, resume_ckpt: Path | None, run_id: str | None) 
     if "test/oracle_auc" in metrics:
         metrics["test/auc_gap"] = metrics["test/oracle_auc"] - metrics["test/auc"]
     metrics.update(
-        {f"data/skipped_{k}": float(v) for k, v in store.meta.get("skipped", {}).items()}
+        {f"data/skipped_{k}": float(v) for k, v in store.info.skipped.items()}
     )
     metrics.update({f"data/rows_{s}": float(store.rows(s)) for s in ("train", "val", "test")})
     metrics["train/global_step"] = float(trainer.global_step)

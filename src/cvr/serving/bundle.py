@@ -181,11 +181,7 @@ def _model_spec(cfg: DictConfig | Mapping[str, Any], cardinalities: list[int]) -
 
 
 def _schema_record(schema: Schema, store: EncodedStore) -> dict[str, Any]:
-    reader = (
-        {"format": store.meta["format"], "options": store.meta.get("format_options", {})}
-        if "format" in store.meta
-        else DEFAULT_READER
-    )
+    reader = store.info.reader or DEFAULT_READER
     return {
         "field_names": schema.field_names,
         "sides": schema.sides,
