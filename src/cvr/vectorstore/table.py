@@ -14,6 +14,7 @@ id, never a zero.
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,7 @@ class StoreTables:
         self.cache = RowCache(cache_bytes, self.vector_dim)
         self.fetches = 0
         self.fetched_rows = 0
+        self.fetch_s = 0.0  # wall time inside the database's `get` (where the store costs)
         self._batch: tuple[torch.Tensor, np.ndarray, np.ndarray, np.ndarray] | None = None
 
     def rows(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -60,7 +62,9 @@ class StoreTables:
         return vectors, linear
 
     def _fetch(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        start = time.perf_counter()
         got = self.client.get(self.collection, ids=ids.tolist(), output_fields=["vector", "linear"])
+        self.fetch_s += time.perf_counter() - start
         self.fetches += 1
         self.fetched_rows += len(ids)
         found = np.fromiter((r["id"] for r in got), np.int64, len(got))
@@ -99,6 +103,11 @@ class StoreTables:
     def end_batch(self) -> None:
         self._batch = None
 
+    def reset_stats(self) -> None:
+        self.cache.reset_stats()
+        self.fetches = self.fetched_rows = 0
+        self.fetch_s = 0.0
+
     def stats(self) -> dict[str, float]:
         return {
             "cache_bytes": float(self.cache.nbytes),
@@ -106,6 +115,7 @@ class StoreTables:
             "cache_hit_rate": self.cache.hit_rate,
             "fetches": float(self.fetches),
             "fetched_rows": float(self.fetched_rows),
+            "fetch_s": self.fetch_s,
         }
 
 
