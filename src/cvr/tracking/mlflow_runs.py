@@ -41,8 +41,8 @@ TRAINING_EXPERIMENT_KIND = "custom_model_development"
 DESCRIPTION_TAG = "mlflow.note.content"
 EXPERIMENT_DESCRIPTION = (
     "CTR/CVR training runs (cvr). The trade-off view (columns, curves per epoch, AUC against "
-    "bytes and latency): add `?viewStateShareKey=tradeoff` to this page's address. Filter on "
-    "tags (`tags.dataset = 'criteo'`); select runs and Compare. Each run has plots/ (learning "
+    "bytes and latency): `#/experiments/<id>/runs?viewStateShareKey=tradeoff`. Filter on tags "
+    "(`tags.dataset = 'criteo'`); select runs and Compare. Each run has plots/ (learning "
     "curve, latency, memory) and summary.md; a sweep's parent run holds the Pareto report."
 )
 #: Dataset digests are at most 36 characters in MLflow's store.
@@ -119,7 +119,11 @@ def mark_training_experiment(client: MlflowClient, experiment: Any) -> None:
         client.set_experiment_tag(
             experiment.experiment_id, EXPERIMENT_KIND_TAG, TRAINING_EXPERIMENT_KIND
         )
-    if DESCRIPTION_TAG not in experiment.tags:
+    description = experiment.tags.get(DESCRIPTION_TAG)
+    # Ours (an older wording) is refreshed; a description someone wrote is kept.
+    if description != EXPERIMENT_DESCRIPTION and (
+        description is None or description.startswith(EXPERIMENT_DESCRIPTION.split(".")[0])
+    ):
         client.set_experiment_tag(experiment.experiment_id, DESCRIPTION_TAG, EXPERIMENT_DESCRIPTION)
 
 

@@ -58,6 +58,7 @@ def plot_learning_curve(
                 ax.plot([s for s, _ in points], [v for _, v in points], "o-", label=name)
         if ref is not None:
             ax.axhline(ref, color="k", linestyle="--", linewidth=1, label="oracle (true p)")
+            ax.margins(y=0.08)  # keep the oracle line off the frame
         ax.set_xlabel("epoch")
         ax.set_ylabel(ylabel)
         ax.grid(True, alpha=0.3)

@@ -101,15 +101,13 @@ def tradeoff_view() -> dict[str, Any]:
             showAllRuns=True,
         )
     )
+    tag_columns = [_column("tags", t) for t in TAG_COLUMNS]
+    metric_columns = [_column("metrics", m) for m in METRIC_COLUMNS]
     return {
         "searchFilter": "",
         "orderByKey": _column("metrics", "test/auc"),
         "orderByAsc": False,
-        "selectedColumns": [
-            _column("attributes", "Dataset"),
-            *(_column("tags", t) for t in TAG_COLUMNS),
-            *(_column("metrics", m) for m in METRIC_COLUMNS),
-        ],
+        "selectedColumns": [_column("attributes", "Dataset"), *tag_columns, *metric_columns],
         "runsHiddenMode": "SHOW_ALL",
         "compareRunCharts": cards,
         "compareRunSections": [
