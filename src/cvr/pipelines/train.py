@@ -31,7 +31,7 @@ from cvr.models.registry import build_model
 from cvr.ops.manifest import fingerprint, write_json_atomic
 from cvr.pipelines import funnel
 from cvr.pipelines.config_check import check_config
-from cvr.pipelines.ddp_launch import launch_only_this_job
+from cvr.pipelines.ddp_launch import forget_previous_launch, launch_only_this_job
 from cvr.pipelines.errors import ConfigError
 from cvr.pipelines.run_lifecycle import (
     final_status,
@@ -41,6 +41,7 @@ from cvr.pipelines.run_lifecycle import (
     signals_as_exceptions,
     take_over,
 )
+from cvr.quiet import quiet_third_party
 from cvr.tracking import mlflow_runs, run_names, training_run
 from cvr.tracking.sweep import sweep_context
 
@@ -325,6 +326,7 @@ def fit_and_test(cfg: DictConfig, resume_ckpt: Path | None, run_id: str | None) 
         datamodule = FunnelDataModule(store, task, seed=cfg.seed, **cfg.datamodule)
     else:
         datamodule = StoreDataModule(store, label=label, seed=cfg.seed, **cfg.datamodule)
+    forget_previous_launch()  # an earlier sweep job's DDP launch, in this same process
     trainer = hydra.utils.instantiate(cfg.trainer)(
         callbacks=build_callbacks(cfg),
         logger=loggers or False,
@@ -405,6 +407,7 @@ def publish_tables(cfg: DictConfig, settings, bundle: Path, run_id: str | None) 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Run one training job; returns its final metrics (val/..., test/..., oracle)."""
+    quiet_third_party()
     output_dir = Path(cfg.paths.output_dir)
     if not is_main_process():
         # A DDP process the launcher started: rank 0 owns the MLflow run, run_info.json,
