@@ -411,7 +411,7 @@ def encode_sources(plan: BuildPlan, encoder: OnePassEncoder) -> list[tuple[Sourc
     readers = [(src, plan.reader(src)) for src in plan.sources]
     times: list[pa.Array] = []
     for src, reader in readers:
-        for batch in prefetch(reader):
+        for batch in prefetch(reader, depth=1):
             if plan.schema.split.method == "time":
                 times.append(batch.column(TIME_COLUMN))
             encoder.add(batch, split_codes(plan, src, batch))

@@ -166,19 +166,26 @@ class OnePassEncoder:
             (self.tmp / f"encode.{name}.raw").unlink(missing_ok=True)
 
     def _chunks(self) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
-        f, q = len(self.encoders), len(self.quantile)
-        ids = _memmap(self.tmp / "encode.ids.raw", np.int32, (self.rows, f))
-        labels = _memmap(self.tmp / "encode.labels.raw", np.float32, (self.rows, self.num_labels))
-        codes = _memmap(self.tmp / "encode.codes.raw", np.int8, (self.rows,))
-        qvalues = _memmap(self.tmp / "encode.quantile.raw", np.float64, (self.rows, q))
-        for start in range(0, self.rows, _SCATTER_ROWS):
-            stop = min(start + _SCATTER_ROWS, self.rows)
-            yield (
-                np.array(ids[start:stop]),
-                np.array(labels[start:stop]),
-                np.array(qvalues[start:stop]),
-                np.array(codes[start:stop]),
-            )
+        """The raw files back in chunks of rows, read (not memory-mapped: mapped pages would
+        count as resident and grow with the input)."""
+        widths = {
+            "ids": (np.int32, len(self.encoders)),
+            "labels": (np.float32, self.num_labels),
+            "quantile": (np.float64, len(self.quantile)),
+            "codes": (np.int8, 1),
+        }
+        handles = {name: open(self.tmp / f"encode.{name}.raw", "rb") for name in widths}
+        try:
+            for start in range(0, self.rows, _SCATTER_ROWS):
+                n = min(_SCATTER_ROWS, self.rows - start)
+                out = {}
+                for name, (dtype, width) in widths.items():
+                    arr = np.fromfile(handles[name], dtype=dtype, count=n * width)
+                    out[name] = arr.reshape(n, width) if name != "codes" else arr
+                yield out["ids"], out["labels"], out["quantile"], out["codes"]
+        finally:
+            for fh in handles.values():
+                fh.close()
 
     def _close(self) -> None:
         for fh in self._files.values():
@@ -201,12 +208,6 @@ def final_ids(values: pa.Array, counts: np.ndarray, min_count: int) -> tuple[lis
     remap = np.zeros(len(counts) + 1, dtype=np.int32)
     remap[table["i"].to_numpy() + 1] = np.arange(1, len(kept) + 1, dtype=np.int32)
     return table["v"].to_pylist(), remap
-
-
-def _memmap(path: Path, dtype: Any, shape: tuple[int, ...]) -> np.ndarray:
-    if 0 in shape:
-        return np.zeros(shape, dtype=dtype)
-    return np.memmap(path, dtype=dtype, mode="r", shape=shape)
 
 
 def prefetch(items: Iterable[Any], depth: int = 2) -> Iterator[Any]:
