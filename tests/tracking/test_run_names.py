@@ -116,3 +116,24 @@ def test_path_values_are_recognised():
     assert not is_path_value("cvr.models.ctr.FFM")
     assert not is_path_value("epoch{epoch:02d}-step{step}")
     assert not is_path_value(0.05)
+
+
+def test_a_repeated_name_gets_a_numbered_suffix(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    from cvr.tracking.mlflow_runs import start_run
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    # `_` is a LIKE wildcard in MLflow filters: a look-alike name must not count as taken.
+    start_run(uri, "e", "fm-dataX1-k4-seed0", artifact_root=str(tmp_path / "a"))
+    ids = [
+        start_run(
+            uri, "e", "fm-data_1-k4-seed0", artifact_root=str(tmp_path / "a"), unique_name=True
+        )
+        for _ in range(3)
+    ]
+    client = MlflowClient(uri)
+    names = [client.get_run(i).info.run_name for i in ids]
+    assert names == ["fm-data_1-k4-seed0", "fm-data_1-k4-seed0-2", "fm-data_1-k4-seed0-3"]
+    experiment = client.get_experiment_by_name("e")
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
