@@ -35,6 +35,8 @@ import torch
 from cvr.backends import select_backend
 from cvr.data.errors import DataError
 from cvr.data.readers import open_reader
+from cvr.funnel_metrics import HEADS
+from cvr.models.esmm import ESMM, ctcvr_logit
 from cvr.serving.bundle import Bundle, load_bundle
 
 log = logging.getLogger(__name__)
@@ -107,8 +109,31 @@ class Predictor:
         return probs
 
     def predict_ids(self, ids: np.ndarray, check: bool = True) -> np.ndarray:
-        """Probabilities float64 (n,) of field-local ids int (n, F): the model alone."""
-        return _sigmoid(self.logits(ids, check=check))
+        """Probabilities float64 (n,) of field-local ids int (n, F): the model alone.
+
+        An ESMM bundle's probability is pCTCVR (that an impression is clicked and converts);
+        `predict_heads` gives its pCTR, pCVR and pCTCVR.
+        """
+        probs = _sigmoid(self.logits(ids, check=check))
+        return probs[:, 1] if probs.ndim == 2 else probs  # ESMM: [pCTR, pCTCVR] columns
+
+    @property
+    def heads(self) -> tuple[str, ...]:
+        """The columns of `predict_heads`: pctr, pcvr, pctcvr for ESMM, else probability."""
+        return HEADS if isinstance(self.model, ESMM) else ("probability",)
+
+    def predict_heads(self, records: Records) -> dict[str, np.ndarray]:
+        """{head: float64 (n,)} per record, in input order (see `heads`). ESMM scores its towers
+        on the model's forward path (it has no fused kernels); each head is its own number, so
+        ranking or retrieval by one head is a choice of that head."""
+        ids = self.encode(records)
+        if not isinstance(self.model, ESMM):
+            return {"probability": self.predict_ids(ids, check=False)}
+        with torch.inference_mode():
+            heads = self.model.head_logits(torch.from_numpy(np.ascontiguousarray(ids)))
+        ctr, cvr = heads[:, 0], heads[:, 1]
+        logits = {"pctr": ctr, "pcvr": cvr, "pctcvr": ctcvr_logit(ctr, cvr)}
+        return {name: _sigmoid(logits[name].numpy()) for name in HEADS}
 
     def logits(self, ids: np.ndarray, check: bool = True) -> np.ndarray:
         """Logits float32 (n,) of field-local ids int (n, F); `check` validates shape and range."""

@@ -73,6 +73,8 @@ class BundleModel(mlflow.pyfunc.PythonModel):
         what was wrong), which the scoring server returns as a 400 without a stack trace.
         """
         try:  # columns that are not fields are ignored; a row with none scores as all-missing
+            if len(self.predictor.heads) > 1:  # ESMM: a frame with pctr, pcvr, pctcvr columns
+                return pd.DataFrame(self.predictor.predict_heads(model_input))
             return self.predictor.predict(model_input)
         except DataError as exc:
             raise MlflowException.invalid_parameter_value(str(exc)) from None
@@ -86,6 +88,10 @@ def signature_of(predictor: Predictor) -> ModelSignature:
     values itself and names the field. The fields and their types are in the input example and
     in the model's metadata (`fields`).
     """
+    if len(predictor.heads) > 1:  # ESMM: one named double per head
+        return ModelSignature(
+            inputs=None, outputs=MlflowSchema([ColSpec("double", h) for h in predictor.heads])
+        )
     return ModelSignature(inputs=None, outputs=MlflowSchema([ColSpec("double")]))
 
 
