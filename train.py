@@ -1,12 +1,15 @@
 """Train a CTR/CVR model: `python train.py model=ffm embedding.dim=8 data=criteo`."""
 
 import logging
+import sys
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from cvr.pipelines.errors import one_line
+from cvr.pipelines.run_lifecycle import RunKilled
 from cvr.pipelines.train import register_resolvers, train
 from cvr.tracking.sweep import record_job_failure
 
@@ -18,8 +21,15 @@ log = logging.getLogger("train")
 def main(cfg: DictConfig) -> float:
     try:
         metrics = train(cfg)
+    except RunKilled as stop:
+        print(f"train: {stop}; the MLflow run is marked KILLED", file=sys.stderr)
+        sys.exit(128 + stop.signum)
     except Exception as error:
         if HydraConfig.get().mode != RunMode.MULTIRUN:
+            message = one_line(error)  # bad input or a full disk: one line, no traceback
+            if message is not None:
+                print(message, file=sys.stderr)
+                sys.exit(2)
             raise
         # In a sweep one failed job must not stop the others: record it and go on.
         log.exception("job failed; the sweep continues")

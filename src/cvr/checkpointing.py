@@ -8,7 +8,8 @@
   truncated checkpoint under its final name. This one writes `<name>.tmp-<pid>` in the
   destination folder, fsyncs it and renames it into place; a failed write leaves the old file.
 - `intact_checkpoint(path)`: does it load, and does it hold a state dict?
-- `newest_intact(paths)`: the newest candidate that is intact, saying which ones were skipped.
+- `newest_intact(paths)`: the newest candidate that is intact, saying which ones were skipped;
+  `resume_checkpoint(path)`: `path`, or the newest intact checkpoint beside it, saying so.
 """
 
 from __future__ import annotations
@@ -84,6 +85,26 @@ def newest_intact(paths: Iterable[Path]) -> Path | None:
             return path
         log.warning("checkpoint %s does not load (truncated or corrupt); skipping it", path)
     return None
+
+
+def resume_checkpoint(preferred: Path) -> Path:
+    """`preferred` if it loads, else the newest intact checkpoint beside it, saying so.
+
+    Raises CheckpointError naming the folder when no checkpoint there loads.
+    """
+    if intact_checkpoint(preferred):
+        return preferred
+    others = [p for p in preferred.parent.glob("*.ckpt") if p != preferred]
+    fallback = newest_intact(others)
+    if fallback is None:
+        raise CheckpointError(
+            f"{preferred}: does not load (truncated or corrupt) and no other checkpoint in "
+            f"{preferred.parent} does; start fresh with resume=false"
+        )
+    log.warning(
+        "%s does not load (truncated or corrupt); resuming from %s instead", preferred, fallback
+    )
+    return fallback
 
 
 def write_bytes_atomic(data: bytes, path: str | os.PathLike) -> None:

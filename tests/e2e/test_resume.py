@@ -56,7 +56,7 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(tmp_path):
     while time.time() < deadline and proc.poll() is None:
         found = list((crash_root / "runs").glob("*/checkpoints/last.ckpt"))
         if found:
-            state = torch.load(found[0], map_location="cpu", weights_only=False)
+            state = torch.load(found[0], map_location="cpu", weights_only=True)
             # Kill once a checkpoint exists that is part-way through the first epoch.
             if 0 < state["batches_in_epoch"] < 78 and state["epoch"] == 0:
                 os.kill(proc.pid, signal.SIGKILL)
