@@ -1,0 +1,197 @@
+"""The CVR study's report: run folders -> DataFrame -> per-arm table over seeds -> plots.
+
+    runs = load_study_runs(["outputs/multirun/<sweep>", "outputs/cvr_study"])
+    table = summarize(runs)                 # one row per (bias, rows, tower, arm): mean, spread
+    verdicts = acceptance(table)            # ESMM vs naive CVR per cell, against the spread
+    write_report(runs, "outputs/report/cvr_study")
+
+A run folder is any folder with `metrics.json` and Hydra's `.hydra/config.yaml` (a sweep's job
+folders, or `hydra.run.dir` of single runs). Nothing is re-run: the report reads what ran.
+The spread of a cell is max - min over its seeds.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+from matplotlib.figure import Figure
+
+#: The metrics the table reports (test split), in order.
+METRICS = (
+    "cvr_auc_all",
+    "cvr_auc_clicked",
+    "cvr_logloss_all",
+    "ctcvr_auc",
+    "ctr_auc",
+    "oracle_cvr_auc_all",
+    "oracle_cvr_auc_clicked",
+)
+ARMS = ("naive CVR", "CTCVR", "ESMM", "ESMM (no sharing)")
+
+
+def _arm(task: str, share: bool) -> str:
+    return {"cvr": "naive CVR", "ctcvr": "CTCVR", "ctr": "CTR"}.get(
+        task, "ESMM" if share else "ESMM (no sharing)"
+    )
+
+
+def _tower(model: dict) -> str:
+    name = model.get("name") or str(model.get("_target_", "")).rsplit(".", 1)[-1]
+    return name.lower()
+
+
+def read_run(folder: Path) -> dict | None:
+    """One row for a finished funnel run folder, or None if it is not one."""
+    metrics_path, config_path = folder / "metrics.json", folder / ".hydra" / "config.yaml"
+    if not (metrics_path.is_file() and config_path.is_file()):
+        return None
+    cfg = yaml.safe_load(config_path.read_text())
+    task = (cfg.get("task") or {}).get("name")
+    if task is None:
+        return None
+    metrics = json.loads(metrics_path.read_text())
+    data = cfg.get("data", {})
+    row = {
+        "folder": str(folder),
+        "arm": _arm(task, bool((cfg.get("esmm") or {}).get("share_embedding", True))),
+        "tower": _tower(cfg.get("model", {})),
+        "bias": data.get("funnel_correlation"),
+        "dataset": data.get("name", "?"),
+        "rows_train": int(metrics.get("data/rows_train", data.get("rows_train", 0))),
+        "seed": cfg.get("seed"),
+        "backend": (cfg.get("backend") or {}).get("name"),
+        "epochs_run": metrics.get("train/epochs_run"),
+        "best_epoch": metrics.get("train/best_epoch"),
+    }
+    row.update({m: metrics.get(f"test/{m}", np.nan) for m in METRICS})
+    return row
+
+
+def load_study_runs(roots: Iterable[str | Path]) -> pd.DataFrame:
+    """Every funnel run folder under `roots` (searched recursively), one row each."""
+    rows = []
+    for root in roots:
+        for metrics in sorted(Path(root).rglob("metrics.json")):
+            row = read_run(metrics.parent)
+            if row is not None:
+                rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def summarize(runs: pd.DataFrame) -> pd.DataFrame:
+    """One row per (dataset, bias, rows_train, tower, arm): seeds, and per metric the mean and
+    the spread (max - min over seeds)."""
+    keys = ["dataset", "bias", "rows_train", "tower", "arm"]
+    grouped = runs.groupby(keys, dropna=False)
+    out = grouped.size().rename("seeds").to_frame()
+    for metric in METRICS:
+        out[metric] = grouped[metric].mean()
+        out[f"{metric}_spread"] = grouped[metric].max() - grouped[metric].min()
+    out["cvr_auc_all_gap"] = out["oracle_cvr_auc_all"] - out["cvr_auc_all"]
+    return out.reset_index()
+
+
+def acceptance(table: pd.DataFrame) -> list[str]:
+    """Per (dataset, bias, rows, tower) with both arms: ESMM's cvr_auc_all and cvr_auc_clicked
+    against naive CVR's, each difference set against the larger of the two spreads."""
+    lines = []
+    for key, cell in table.groupby(["dataset", "bias", "rows_train", "tower"], dropna=False):
+        arms = cell.set_index("arm")
+        if not {"ESMM", "naive CVR"} <= set(arms.index):
+            continue
+        esmm, naive = arms.loc["ESMM"], arms.loc["naive CVR"]
+        parts = []
+        for metric in ("cvr_auc_all", "cvr_auc_clicked"):
+            diff = esmm[metric] - naive[metric]
+            spread = max(esmm[f"{metric}_spread"], naive[f"{metric}_spread"])
+            verdict = "beats" if diff > spread else "worse" if diff < -spread else "within spread"
+            parts.append(f"{metric} {diff:+.4f} (spread {spread:.4f}: {verdict})")
+        seeds = f"{int(esmm['seeds'])}/{int(naive['seeds'])} seeds"
+        dataset, bias, rows, tower = key
+        lines.append(
+            f"{dataset} bias={bias} rows={rows} {tower} ({seeds}): ESMM - naive CVR: "
+            + "; ".join(parts)
+        )
+    return lines
+
+
+def markdown_table(table: pd.DataFrame) -> str:
+    cols = ["dataset", "bias", "rows_train", "tower", "arm", "seeds"]
+    header = [*cols, "cvr_auc_all", "oracle", "gap", "cvr_auc_clicked", "ctcvr_auc", "ctr_auc"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+
+    def cell(row, metric):
+        value, spread = row[metric], row.get(f"{metric}_spread", np.nan)
+        if not np.isfinite(value):
+            return ""
+        return f"{value:.4f}" + (f" ±{spread / 2:.4f}" if row["seeds"] > 1 else "")
+
+    for _, row in table.iterrows():
+        values = [str(row[c]) for c in cols]
+        values += [
+            cell(row, "cvr_auc_all"),
+            f"{row['oracle_cvr_auc_all']:.4f}" if np.isfinite(row["oracle_cvr_auc_all"]) else "",
+            f"{row['cvr_auc_all_gap']:.4f}" if np.isfinite(row["cvr_auc_all_gap"]) else "",
+            cell(row, "cvr_auc_clicked"),
+            cell(row, "ctcvr_auc"),
+            cell(row, "ctr_auc"),
+        ]
+        lines.append("| " + " | ".join(values) + " |")
+    return "\n".join(lines)
+
+
+def plot_cvr_auc(table: pd.DataFrame, path: Path) -> None:
+    """cvr_auc_all per arm (bars, min-max over seeds), per bias setting, one panel per
+    (rows, tower); the oracle as a line."""
+    synthetic = table[table["oracle_cvr_auc_all"].notna()]
+    panels = list(synthetic.groupby(["rows_train", "tower"]))
+    if not panels:
+        return
+    fig = Figure(figsize=(5 * len(panels), 4))
+    for i, ((rows, tower), cell) in enumerate(panels):
+        ax = fig.add_subplot(1, len(panels), i + 1)
+        biases = sorted(cell["bias"].dropna().unique())
+        width = 0.8 / len(ARMS)
+        for j, arm in enumerate(ARMS):
+            sub = cell[cell["arm"] == arm].set_index("bias").reindex(biases)
+            x = np.arange(len(biases)) + (j - (len(ARMS) - 1) / 2) * width
+            ax.bar(x, sub["cvr_auc_all"], width, yerr=sub["cvr_auc_all_spread"] / 2, label=arm)
+        oracle = cell.groupby("bias")["oracle_cvr_auc_all"].mean().reindex(biases)
+        for k, value in enumerate(oracle):
+            ax.hlines(value, k - 0.45, k + 0.45, colors="k", linestyles="--")
+        ax.set_xticks(np.arange(len(biases)), [f"bias {b}" for b in biases])
+        low = np.nanmin(cell["cvr_auc_all"]) - 0.02
+        ax.set_ylim(max(0.5, low), np.nanmax(oracle) + 0.01)
+        ax.set_title(f"{tower}, {rows:,} train rows")
+        ax.set_ylabel("test cvr_auc_all (vs true pCVR); dashed: oracle")
+        if i == 0:
+            ax.legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def write_report(runs: pd.DataFrame, out_dir: str | Path) -> dict[str, Path]:
+    """report.md, runs.csv, summary.json and cvr_auc_all.png under `out_dir`."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    table = summarize(runs)
+    verdicts = acceptance(table)
+    paths = {name: out / name for name in ("report.md", "runs.csv", "summary.json")}
+    runs.to_csv(paths["runs.csv"], index=False)
+    paths["summary.json"].write_text(
+        json.dumps({"cells": table.to_dict(orient="records"), "acceptance": verdicts}, default=str)
+    )
+    text = ["# CVR study", "", "Test split; ± is half the max-min spread over seeds.", ""]
+    text += [markdown_table(table), "", "## ESMM vs naive CVR", ""]
+    text += [f"- {line}" for line in verdicts] or ["- (no cell has both arms)"]
+    paths["report.md"].write_text("\n".join(text) + "\n")
+    plot = out / "cvr_auc_all.png"
+    plot_cvr_auc(table, plot)
+    if plot.is_file():
+        paths["cvr_auc_all.png"] = plot
+    return paths
