@@ -44,8 +44,8 @@ ACCEPTANCE = [
 CHECKSUMS = re.compile(r"parameter checksums by rank \[([^\]]+)\]")
 
 
-def train(output_root, args, timeout=900):
-    cmd = [sys.executable, "train.py", f"paths.output_root={output_root}", *args]
+def train(output_root, args, timeout=900, flags=()):
+    cmd = [sys.executable, "train.py", *flags, f"paths.output_root={output_root}", *args]
     return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout)
 
 
@@ -93,7 +93,11 @@ def test_two_processes_match_one_at_the_same_global_batch(tmp_path):
 
 
 @pytest.mark.slow
-def test_ddp_with_defaults_picks_autograd_and_sparse_tables_train(tmp_path):
+def test_a_ddp_sweep_of_defaults_and_sparse_tables_is_one_child_run_per_job(tmp_path):
+    """`-m trainer=ddp optimizer=adagrad,sparse_adam`: the first job is `trainer=ddp` with the
+    defaults (backend auto -> autograd, logged with the reason); the second needs sparse
+    gradients, which DDP all-reduces only on nn.Embedding tables. Each 2-process job is one
+    MLflow child run of the sweep's parent."""
     tiny = [
         "data.rows_train=4000",
         "data.rows_val=1001",  # odd: the processes' shares differ by one row
@@ -104,16 +108,22 @@ def test_ddp_with_defaults_picks_autograd_and_sparse_tables_train(tmp_path):
         "data.total_values=2000",
         "trainer.max_epochs=1",
         "trainer.enable_progress_bar=false",
-        "logger=none",
+        "export_bundle=false",
     ]
-    done = train(tmp_path / "default", ["trainer=ddp", *tiny])
+    done = train(tmp_path, ["trainer=ddp", "optimizer=adagrad,sparse_adam", *tiny], flags=["-m"])
     assert done.returncode == 0, done.stderr[-3000:]
     assert "backend: autograd for FFM: fused not used, under strategy ddp" in done.stdout
-    _, metrics = finished_run(tmp_path / "default")
-    assert metrics["val/rows"] == 1001 and metrics["test/rows"] == 999
-    # SparseAdam needs sparse gradients, which DDP all-reduces only on nn.Embedding tables.
-    sparse = train(tmp_path / "sparse", ["trainer=ddp", "optimizer=sparse_adam", *tiny])
-    assert sparse.returncode == 0, sparse.stderr[-3000:]
+    (sweep,) = (tmp_path / "multirun").iterdir()
+    jobs = sorted(p for p in sweep.iterdir() if (p / "metrics.json").exists())
+    assert [p.name for p in jobs] == ["0", "1"], list(sweep.iterdir())
+    for job in jobs:
+        metrics = json.loads((job / "metrics.json").read_text())
+        assert metrics["train/processes"] == 2
+        assert metrics["val/rows"] == 1001 and metrics["test/rows"] == 999
+    runs = mlflow_runs(tmp_path)
+    roles = sorted(r.data.tags.get("sweep_role") for r in runs)
+    assert roles == ["child", "child", "parent"], roles
+    assert all(r.info.status == "FINISHED" for r in runs)
     # (backend=fused under DDP is refused before any process starts: tests/backends.)
 
 
