@@ -26,7 +26,7 @@ import pyarrow.compute as pc
 
 from cvr.data.errors import DataError
 
-DEFAULT_BLOCK_BYTES = 1 << 24
+DEFAULT_BLOCK_BYTES = 1 << 22  # 4 MiB: ~15k Criteo lines per chunk; memory per chunk in the tens of MiB
 # Far above any real record (Criteo lines are ~250 bytes), far below what exhausts memory.
 DEFAULT_MAX_LINE_BYTES = 1 << 23
 # Suffix -> pyarrow codec; `.xz` is not an Arrow codec and goes through lzma.
