@@ -108,6 +108,14 @@ def tradeoff_view() -> dict[str, Any]:
         "orderByKey": _column("metrics", "test/auc"),
         "orderByAsc": False,
         "selectedColumns": [_column("attributes", "Dataset"), *tag_columns, *metric_columns],
+        # Widths apply to the columns named in columnOrder; wide enough for the whole metric
+        # name (eff/latency_b1_p50_us and ..._p99_us would both show as "eff/latency_b...").
+        "columnOrder": [_column("attributes", "Dataset"), *metric_columns, *tag_columns],
+        "columnWidths": {
+            _column("attributes", "Dataset"): 230,
+            **{c: 90 for c in tag_columns},
+            **{_column("metrics", m): 7 * len(m) + 30 for m in METRIC_COLUMNS},
+        },
         "runsHiddenMode": "SHOW_ALL",
         "compareRunCharts": cards,
         "compareRunSections": [
