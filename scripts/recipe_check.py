@@ -40,12 +40,17 @@ REPO = Path(__file__).resolve().parents[1]
 REAL = ("libffm", "criteo", "criteo_csv", "avazu", "aliexpress", "aliccp", "movielens")
 
 
-def synthetic(rows: int, fields: int) -> list[str]:
-    """Overrides for a synthetic dataset: `rows` train rows (and a quarter each for val/test)."""
+def synthetic(rows: int, fields: int, values: int | None = None) -> list[str]:
+    """Overrides for a synthetic dataset: `rows` train rows (and a quarter each for val/test),
+    `values` distinct values over all fields (default: Criteo's ~800k at 39 fields, 20k a field
+    otherwise)."""
     out = ["data=synthetic", f"data.rows_train={rows}", f"data.rows_val={rows // 4}"]
     out += [f"data.rows_test={rows // 4}", f"data.num_fields={fields}"]
     if fields < 39:
-        out += ["data.user_fields=3", "data.item_fields=2", f"data.total_values={fields * 20_000}"]
+        out += ["data.user_fields=3", "data.item_fields=2"]
+        values = values or fields * 20_000
+    if values:
+        out.append(f"data.total_values={values}")
     return out
 
 
@@ -56,8 +61,12 @@ DATASETS: dict[str, list[str]] = {
     "syn-2m-39f": synthetic(2_000_000, 39),
     "syn-50k-10f": synthetic(50_000, 10),
     "syn-200k-10f": synthetic(200_000, 10),
+    # the shape of the issue's real set: 10 fields, ~5.4k values, ~290k rows (dense: ~50 rows
+    # per value, so it wants many epochs)
+    "syn-290k-10f-dense": synthetic(290_000, 10, 5_400),
 }
-DEFAULT_SET = (*REAL, "syn-50k-39f", "syn-200k-39f", "syn-50k-10f", "syn-200k-10f")
+DEFAULT_SET = (*REAL, "syn-50k-39f", "syn-200k-39f", "syn-50k-10f", "syn-200k-10f",
+               "syn-290k-10f-dense")  # fmt: skip
 
 #: The defaults before the recipe (for --before): 4 epochs, AdaGrad lr 0.02, no weight decay.
 BEFORE = [
