@@ -23,7 +23,7 @@ FIELDS = [
 def _write(path, rows, seed):
     rng = np.random.default_rng(seed)
     lines = ["label,n1,q1,c1,c2,t"]
-    for i in range(rows):
+    for _ in range(rows):
         n1 = "" if rng.random() < 0.1 else str(int(rng.lognormal(1, 2)))
         lines.append(
             f"{int(rng.random() < 0.3)},{n1},{rng.random():.4f},"

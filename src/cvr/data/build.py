@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import glob
 import logging
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -475,10 +475,3 @@ def log_summary(store: EncodedStore) -> None:
     )
     if info.skipped:
         log.warning("store %s: skipped rows by reason %s", info.name, info.skipped)
-
-
-def iter_batches(plan: BuildPlan) -> Iterator[tuple[Source, pa.RecordBatch]]:
-    """Every batch of every source, in order (a reference path for tests)."""
-    for src in plan.sources:
-        for batch in plan.reader(src):
-            yield src, batch
