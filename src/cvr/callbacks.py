@@ -130,6 +130,11 @@ class EfficiencyProfile(L.Callback):
         if store is None:
             log.warning("EfficiencyProfile: no datamodule store; quantized test metrics skipped")
             return
+        if getattr(trainer.datamodule, "task", None) is not None:
+            # A funnel task scores heads on their own rows (cvr.funnel_metrics), not one logit
+            # against one label over the split; its quantized quality is not scored here.
+            log.warning("EfficiencyProfile: quantized test metrics are not scored for task=...")
+            return
         ids = store.ids("test")
         labels = store.labels("test", getattr(trainer.datamodule, "label", None))
         model = unwrap(pl_module)
