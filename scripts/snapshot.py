@@ -6,6 +6,7 @@
     python scripts/snapshot.py restore outputs/snapshots/<snapshot> /srv/cvr/live
     python scripts/snapshot.py list --root outputs/snapshots
     python scripts/snapshot.py prune --root outputs/snapshots --keep 5
+    python scripts/snapshot.py gc outputs/runs outputs/snapshots     # abandoned temporaries
     python scripts/snapshot.py push <snapshot> --tracking-uri sqlite:///outputs/mlflow.db \\
         --run-id ID
     python scripts/snapshot.py pull --tracking-uri URI --run-id ID --root outputs/snapshots
@@ -33,6 +34,7 @@ from cvr.ops.snapshot import (
     BUNDLE_DIR,
     MANIFEST,
     create_snapshot,
+    incomplete_snapshots,
     list_snapshots,
     prune_snapshots,
     pull_snapshot,
@@ -40,6 +42,7 @@ from cvr.ops.snapshot import (
     restore_snapshot,
     verify_snapshot,
 )
+from cvr.ops.temporaries import remove_abandoned
 from cvr.vectorstore.client import StoreError
 
 # Failures that are the input's fault: reported in one line, exit code 1.
@@ -99,6 +102,17 @@ def cmd_list(args: argparse.Namespace) -> int:
         created = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(info.created_unix))
         contents = ", ".join(c["path"] for c in info.contents)
         print(f"{info.name:<41}{created:<22}{info.files:>6}{info.bytes:>12}  {contents}")
+    for tmp in incomplete_snapshots(args.root):
+        print(f"{tmp.path.name:<41}incomplete: {tmp.state}")
+    return 0
+
+
+def cmd_gc(args: argparse.Namespace) -> int:
+    """Remove the temporaries a dead writer left anywhere under the folders (bundles, runs)."""
+    removed = [p for folder in args.folders for p in remove_abandoned(folder, recursive=True)]
+    for path in removed:
+        print(f"removed {path}")
+    print(f"removed {len(removed)} abandoned temporary file(s)/folder(s)")
     return 0
 
 
@@ -176,7 +190,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--root", required=True)
     p.set_defaults(func=cmd_list)
 
-    p = sub.add_parser("prune", help="keep only the newest N snapshots")
+    p = sub.add_parser("gc", help="remove temporaries whose writer is gone, under folders")
+    p.add_argument("folders", nargs="+", help="e.g. outputs/runs outputs/snapshots")
+    p.set_defaults(func=cmd_gc)
+
+    p = sub.add_parser("prune", help="keep the newest N snapshots; drop abandoned temporaries")
     p.add_argument("--root", required=True)
     p.add_argument("--keep", type=int, required=True)
     p.set_defaults(func=cmd_prune)

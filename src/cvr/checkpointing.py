@@ -17,6 +17,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import uuid
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -110,7 +111,8 @@ def resume_checkpoint(preferred: Path) -> Path:
 def write_bytes_atomic(data: bytes, path: str | os.PathLike) -> None:
     """Write `data` to `path` via a temporary sibling + fsync + rename; DiskFullError if full."""
     path = Path(path)
-    tmp = path.with_name(f"{path.name}{TMP_MARK}{os.getpid()}")
+    # The writer's pid in the name: gc (cvr.ops.temporaries) reclaims it once that process is gone.
+    tmp = path.with_name(f"{path.name}{TMP_MARK}{os.getpid()}-{uuid.uuid4().hex[:8]}")
     try:
         with open(tmp, "wb") as f:
             f.write(data)

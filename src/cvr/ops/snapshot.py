@@ -37,6 +37,7 @@ from cvr.ops.manifest import (
     verify_checksums,
     write_json_atomic,
 )
+from cvr.ops.temporaries import Temporary, remove_abandoned, temporaries
 
 log = logging.getLogger(__name__)
 
@@ -250,19 +251,30 @@ def list_snapshots(root: str | Path) -> list[SnapshotInfo]:
     return sorted(found, key=lambda s: (s.created_unix, s.name))
 
 
+def incomplete_snapshots(root: str | Path) -> list[Temporary]:
+    """Temporary folders under `root`: snapshots being written, abandoned, or half-deleted."""
+    return temporaries(root)
+
+
 def prune_snapshots(root: str | Path, keep: int) -> list[Path]:
-    """Delete all but the newest `keep` snapshots under `root`; returns the deleted paths."""
+    """Delete all but the newest `keep` snapshots under `root`, and the temporaries whose
+    writer is gone; returns the deleted paths. A snapshot being written is never touched."""
     if keep < 0:
         raise ValueError(f"keep must be >= 0, got {keep}")
+    removed = remove_abandoned(root)
     snapshots = list_snapshots(root)
     doomed = snapshots[: max(len(snapshots) - keep, 0)]
     for info in doomed:
         # Rename first so that a crash mid-delete leaves a hidden folder, not a broken snapshot.
         trash = info.path.with_name(f".{info.name}.deleting-{uuid.uuid4().hex[:8]}")
-        os.replace(info.path, trash)
-        shutil.rmtree(trash)
+        try:
+            os.replace(info.path, trash)
+        except FileNotFoundError:  # another prune took it
+            continue
+        shutil.rmtree(trash, ignore_errors=True)
         log.info("pruned snapshot %s", info.path)
-    return [info.path for info in doomed]
+        removed.append(info.path)
+    return removed
 
 
 # --- off-machine copies through MLflow artifacts -------------------------------------------------

@@ -22,6 +22,8 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from cvr.ops.temporaries import process_alive
+
 log = logging.getLogger(__name__)
 
 _SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -42,17 +44,6 @@ class RunInUse(RuntimeError):
 def owner_record() -> dict[str, Any]:
     """{pid, host, started_unix} of this process, for run_info.json."""
     return {"pid": os.getpid(), "host": socket.gethostname(), "started_unix": time.time()}
-
-
-def process_alive(pid: int) -> bool:
-    """True if a process with this pid exists on this machine (signal 0 probes, sends nothing)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    return True
 
 
 def refuse_if_alive(info: Mapping[str, Any], run_dir: Path) -> None:
