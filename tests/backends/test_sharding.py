@@ -60,3 +60,22 @@ def test_without_a_process_group_gather_returns_its_input_and_rank_zero_is_main(
     assert is_main_process()
     monkeypatch.setenv("LOCAL_RANK", "1")
     assert not is_main_process()
+
+
+def test_parameter_checksum_is_the_float64_sum_and_sees_a_moved_or_swapped_value():
+    import torch
+
+    from cvr.backends.distributed import parameter_checksum
+    from cvr.models.ctr import FFM
+
+    torch.manual_seed(0)
+    model = FFM([5, 3, 8], dim=2)
+    reference = sum(
+        float(p.detach().double().sum()) + 1e-3 * i * float(p.detach().double().abs().sum())
+        for i, p in enumerate(model.parameters(), start=1)
+    )
+    assert parameter_checksum(model) == pytest.approx(reference, rel=1e-12)
+    before = parameter_checksum(model)
+    with torch.no_grad():
+        model.bias += 1e-3
+    assert parameter_checksum(model) != before

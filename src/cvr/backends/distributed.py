@@ -56,8 +56,11 @@ def parameter_checksum(model: nn.Module) -> float:
     """
     total = 0.0
     for i, param in enumerate(model.parameters(), start=1):
-        flat = param.detach().reshape(-1).double()
-        total += float(flat.sum()) + 1e-3 * i * float(flat.abs().sum())
+        flat = param.detach().reshape(-1)
+        # Accumulated in float64 without a float64 copy of a table that may be gigabytes.
+        values = float(flat.sum(dtype=torch.float64))
+        magnitude = float(torch.linalg.vector_norm(flat, ord=1, dtype=torch.float64))
+        total += values + 1e-3 * i * magnitude
     return total
 
 

@@ -14,8 +14,8 @@ here. An unseen category maps to its field's OOV id 0, a missing field or None t
 
 Scoring goes through the backend `cvr.backends.select_backend` picks (the fused numba kernels
 for FM/FFM models with plain tables, else the model's forward pass under `torch.inference_mode`),
-the same choice the training run's efficiency profile timed. The fused kernels reuse scratch buffers:
-use one Predictor per thread.
+the same choice the training run's efficiency profile timed. The fused kernels reuse scratch
+buffers: use one Predictor per thread.
 """
 
 from __future__ import annotations
