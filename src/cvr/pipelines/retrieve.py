@@ -262,6 +262,15 @@ def retrieve(cfg: DictConfig) -> dict[str, Any]:
     rows = benchmark(
         vectors.items, vectors.queries, configs, settings, on_built=save, truth_ids=truth_ids
     )
+    if cfg.get("milvus") and cfg.milvus.enabled:
+        from cvr.vectorstore.search import milvus_rows
+
+        milvus = OmegaConf.to_container(cfg.milvus, resolve=True)
+        groups = vectors.item_ids[:, 0].astype(np.int64)  # the first item field, e.g. advertiser
+        rows += milvus_rows(
+            vectors.items, vectors.queries, truth_ids, groups, milvus["uri"], milvus["indexes"],
+            k=cfg.bench.timed_k, budget_s=milvus["single_query_budget_s"],
+        )  # fmt: skip
     add_speedups(rows, cfg.bench.baseline)
     results = summarize(cfg, source, vectors, rows, truth_ids, threads)
     results["saved_indexes"] = saved

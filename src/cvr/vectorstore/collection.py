@@ -51,7 +51,8 @@ def create_table_collection(client, name: str, vector_dim: int, meta: Mapping[st
 def ensure_index(
     client, name: str, field: str, index_type: str, metric: str, params: Mapping[str, Any]
 ) -> dict[str, Any]:
-    """Build an index on `field` and return what Milvus reports it built (describe_index).
+    """Build an index on `field` and return what Milvus reports it built (describe_index:
+    index_type, metric_type and, where the engine reports them, the build `params`).
 
     A long build can time out in gRPC and its retry fail with code 35 "index already exists":
     that retry means the first attempt went through, so it counts as success.
@@ -59,7 +60,10 @@ def ensure_index(
     from pymilvus.exceptions import MilvusException
 
     index_params = client.prepare_index_params()
-    index_params.add_index(field, index_type=index_type, metric_type=metric, params=dict(params))
+    # pymilvus 3 sends build parameters as separate keys, which Milvus Lite ignores (it builds
+    # its defaults: nlist 128, M 16); one JSON `params` key is read by Lite and by servers.
+    wrapped = {"params": json.dumps(dict(params))} if params else {}
+    index_params.add_index(field, index_type=index_type, metric_type=metric, params=wrapped)
     for attempt in range(1, INDEX_RETRIES + 1):
         try:
             client.create_index(name, index_params)
