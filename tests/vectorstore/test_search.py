@@ -10,9 +10,11 @@ from cvr.vectorstore.client import connect
 
 INDEXES = [
     {"name": "milvus_flat", "type": "FLAT", "build": {}, "search": [{}]},
-    {"name": "milvus_ivf_flat", "type": "IVF_FLAT", "build": {"nlist": 16}, "search": [{"nprobe": 16}]},
-    {"name": "milvus_hnsw", "type": "HNSW", "build": {"M": 8, "efConstruction": 32}, "search": [{"ef": 64}]},
-]  # fmt: skip
+    {"name": "milvus_ivf_flat", "type": "IVF_FLAT", "build": {"nlist": 16}},
+    {"name": "milvus_hnsw", "type": "HNSW", "build": {"M": 8, "efConstruction": 32}},
+]
+INDEXES[1]["search"] = [{"nprobe": 16}]
+INDEXES[2]["search"] = [{"ef": 64}]
 
 
 def test_milvus_rows_measure_recall_against_exact_search_with_and_without_a_filter(lite_uri):

@@ -45,9 +45,9 @@ def publish_items(client, name: str, items: np.ndarray, groups: np.ndarray) -> N
     for lo in range(0, len(items), BATCH_ROWS):
         vectors = items[lo : lo + BATCH_ROWS].tolist()
         group = groups[lo : lo + BATCH_ROWS].tolist()
+        rows = zip(vectors, group, strict=True)
         client.insert(
-            name,
-            [{"id": lo + i, "vector": v, "group": g} for i, (v, g) in enumerate(zip(vectors, group))],
+            name, [{"id": lo + i, "vector": v, "group": g} for i, (v, g) in enumerate(rows)]
         )
     client.flush(name)
 
@@ -114,7 +114,7 @@ def milvus_rows(
     insert_s = time.perf_counter() - start
     truth = exact_scores(queries, items, truth_ids)
     wanted = groups[truth_ids[:, 0]]
-    f_ids, f_truth = filtered_truth(items, queries, groups, wanted, k)
+    _, f_truth = filtered_truth(items, queries, groups, wanted, k)
     rows = []
     for spec in indexes:
         t0 = time.perf_counter()
@@ -183,7 +183,7 @@ def _filtered_search(client, queries, k, params, wanted, budget_s, min_queries=5
     """Queries one at a time with their group filter (a filter is per request)."""
     latencies, found = [], []
     started = time.perf_counter()
-    for q, g in zip(queries, wanted):
+    for q, g in zip(queries, wanted, strict=True):
         t0 = time.perf_counter_ns()
         found.append(search_ids(client, COLLECTION, q[None], k, params, f"group == {int(g)}")[0])
         latencies.append((time.perf_counter_ns() - t0) / 1e3)
