@@ -1,6 +1,7 @@
 """`python train.py -m ...`: one MLflow parent run, one child per job, failures recorded."""
 
 import math
+import re
 
 import mlflow
 
@@ -80,7 +81,14 @@ def test_failed_job_is_marked_and_the_sweep_goes_on(tmp_path):
         for r in runs
         if r.data.tags.get("sweep_role") == "child"
     }
-    assert children["0"].info.status == "FAILED"
+    # The bad value is refused before the job creates anything: no MLflow run of its own.
+    assert "0" not in children
     assert children["2"].info.status == "FINISHED"
-    assert "embedding.dim: expected an integer >= 1" in result.stdout + result.stderr
     assert "sweep finished with failed jobs" in result.stdout + result.stderr
+    # A sweep with failed jobs exits non-zero and names each one with its reason.
+    assert result.returncode == 1
+    assert "1 of 2 jobs failed" in result.stderr
+    assert re.search(
+        r"job 0 \[.*embedding\.dim=0.*\]: ConfigError: embedding\.dim: expected an integer",
+        result.stderr,
+    ), result.stderr[-2000:]

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from pathlib import Path
 from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from cvr.ops.manifest import write_json_atomic
 from cvr.tracking import mlflow_runs
@@ -100,6 +101,21 @@ class MlflowSweepCallback(Callback):
             log.error(
                 "sweep finished with failed jobs: %s (see %s/*/%s)", failed, sweep_dir, FAILED_FILE
             )
+            report_failed_jobs(sweep_dir, failed)
+            sys.exit(1)  # a sweep with failed jobs is not a success
+
+
+def report_failed_jobs(sweep_dir: Path, failed: list[str]) -> None:
+    """Print each failed job (its number, overrides and error) to stderr, one line each."""
+    total = len([p for p in sweep_dir.iterdir() if (p / ".hydra").is_dir()])
+    print(f"sweep {sweep_dir.name}: {len(failed)} of {total} jobs failed", file=sys.stderr)
+    for job in failed:
+        error = json.loads((sweep_dir / job / FAILED_FILE).read_text()).get("error", "?")
+        overrides_file = sweep_dir / job / ".hydra" / "overrides.yaml"
+        overrides = ""
+        if overrides_file.is_file():
+            overrides = " ".join(str(o) for o in OmegaConf.load(overrides_file))
+        print(f"  job {job} [{overrides}]: {error}", file=sys.stderr)
 
 
 def log_sweep_report(config: DictConfig, parent: dict[str, Any], sweep_dir: Path) -> None:
