@@ -78,3 +78,17 @@ def test_dask_store_equals_local_store(tmp_path, split):
     )
     assert a.meta["lines"] == b.meta["lines"]
     assert sum(a.rows(s) for s in ("train", "val", "test")) == 3 * 3000 + 1500
+
+
+@pytest.mark.slow
+def test_dask_store_equals_local_store_across_worker_processes(tmp_path):
+    """Worker processes: the plan, blocks and fitted preprocessor travel pickled."""
+    split = {"method": "random", "val": 0.1, "test": 0.2, "seed": 3}
+    for i in range(2):
+        _write(tmp_path / f"part_{i}.csv", 2000, seed=i)
+    local = _build(tmp_path, "local", split)
+    dask = _build(
+        tmp_path, "dask", split, dask={"workers": 2, "processes": True, "block_bytes": 20_000}
+    )
+    assert dask.fingerprint == local.fingerprint
+    assert EncodedStore.open(dask.path).meta["files"] == EncodedStore.open(local.path).meta["files"]

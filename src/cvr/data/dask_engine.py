@@ -285,7 +285,13 @@ def _encode_block(args: tuple[BuildPlan, dict], block: Block) -> tuple:
 def _merge(parts: Sequence[pa.Table]) -> pa.Table:
     if not parts:
         return pa.table({"v": pa.array([], pa.large_string()), "c": pa.array([], pa.int64())})
-    table = pa.concat_tables(parts)
+    # Copied into fresh buffers: tables unpickled from workers can be misaligned for Acero.
+    table = pa.table(
+        {
+            name: pa.concat_arrays(pa.concat_tables(parts)[name].chunks + [pa.array([], t)])
+            for name, t in (("v", pa.large_string()), ("c", pa.int64()))
+        }
+    )
     return table.group_by("v").aggregate([("c", "sum")]).rename_columns(["v", "c"])
 
 
