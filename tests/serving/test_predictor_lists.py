@@ -74,3 +74,9 @@ def test_a_long_list_is_encoded_column_wise_not_record_by_record(predictor, monk
 
     monkeypatch.setattr(predictor.preprocessor, "transform_record", per_record)
     np.testing.assert_array_equal(predictor.encode(records), expected)
+
+
+def test_a_missing_file_is_named_without_config_keys(predictor, tmp_path):
+    with pytest.raises(FileNotFoundError) as caught:
+        predictor.predict(tmp_path / "day_0.csv")
+    assert str(caught.value) == f"{tmp_path / 'day_0.csv'}: no such file to score"

@@ -222,6 +222,8 @@ class Predictor:
 
     def _encode_file(self, path: Path) -> np.ndarray:
         """Ids of every row of a file read by the dataset's reader (labels are read, unused)."""
+        if not path.is_file():  # the reader's message names a config key, meaningless here
+            raise FileNotFoundError(f"{path}: no such file to score")
         reader = self.bundle.reader
         rows = open_reader(
             reader["format"], path, self.bundle.schema, on_error="raise", **reader["options"]
