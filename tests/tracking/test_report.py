@@ -1,7 +1,7 @@
 import numpy as np
 import pandas as pd
 
-from cvr.tracking.report import markdown_table, pareto_front, write_report
+from cvr.tracking.report import markdown_table, marker_groups, pareto_front, write_report
 
 
 def frame():
@@ -50,3 +50,16 @@ def test_markdown_table_formats_rows():
     lines = table.splitlines()
     assert lines[0] == "| variant | test/auc |"
     assert lines[2] == "| a | 0.7 |"
+
+
+def test_marker_groups_keep_runs_with_a_missing_backend():
+    df = pd.DataFrame(
+        {
+            "model": ["FM", "FM", "FFM"],
+            "embedding": ["Full", "Full", "Full"],
+            "backend": ["fused", np.nan, np.nan],
+        }
+    )
+    groups = dict(marker_groups(df))
+    assert sorted(groups) == ["FFM / Full", "FM / Full", "FM / Full / fused"]
+    assert sum(len(g) for g in groups.values()) == 3

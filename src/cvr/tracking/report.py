@@ -99,14 +99,25 @@ def pareto_front(df: pd.DataFrame, cost: str, quality: str) -> pd.Series:
     return pd.Series(valid & ~dominated, index=df.index)
 
 
+def marker_groups(df: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+    """(legend label, rows) per model / embedding / backend; a missing value is its own group.
+
+    (pandas' groupby drops rows whose key is NaN: runs without a backend tag would vanish.)
+    """
+    keys = [k for k in ("model", "embedding", "backend") if k in df]
+    filled = df.assign(**{k: df[k].fillna("").astype(str) for k in keys})
+    return [
+        (" / ".join(k for k in key if k), df.loc[group.index])
+        for key, group in filled.groupby(keys, sort=True)
+    ]
+
+
 def plot_tradeoff(df: pd.DataFrame, cost: str, quality: str, path: str | Path) -> Path:
     """Scatter of quality against cost (log x), one marker per model, the front joined."""
     path = Path(path)
     fig = Figure(figsize=(7, 4.5))
     ax = fig.subplots()
-    keys = ["model", "embedding", "backend"] if "backend" in df else ["model", "embedding"]
-    for key, group in df.groupby(keys):
-        label = " / ".join(k for k in key if k)
+    for label, group in marker_groups(df):
         ax.scatter(group[cost], group[quality], label=label, alpha=0.8)
         for _, row in group.iterrows():
             ax.annotate(
