@@ -204,11 +204,13 @@ def remap_columns(ids: np.ndarray, remaps: dict[int, np.ndarray]) -> None:
 
 
 def _string_buffers(arr: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(data uint8, offsets int64 (n + 1,), valid bool (n,)) of a string array, zero-copy."""
-    arr = arr.cast(pa.large_string()) if not pa.types.is_large_string(arr.type) else arr
+    """(data uint8, offsets (n + 1,), valid bool (n,)) of a string array, zero-copy."""
+    if not (pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type)):
+        arr = arr.cast(pa.large_string())
     n = len(arr)
     bufs = arr.buffers()
-    offsets = np.frombuffer(bufs[1], dtype=np.int64)[arr.offset : arr.offset + n + 1]
+    width = np.int64 if pa.types.is_large_string(arr.type) else np.int32  # no offsets copy
+    offsets = np.frombuffer(bufs[1], dtype=width)[arr.offset : arr.offset + n + 1]
     data = np.frombuffer(bufs[2], dtype=np.uint8) if bufs[2] is not None else np.zeros(1, np.uint8)
     if arr.null_count:
         valid = arr.is_valid().to_numpy(zero_copy_only=False)
