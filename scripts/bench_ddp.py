@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> dict:
         f"load avg (1 min) after each run: "
         + " ".join(f"{r['loadavg_1m']:.1f}" for n in runs for r in runs[n])
     )
-    print(f"{'processes':>9}{'val AUC':>10}{'val LL':>9}{'checksum':>16}{'samples/s':>22}")
+    print(f"{'processes':>9}{'val AUC':>10}{'val LL':>9}{'checksum':>18}{'samples/s':>24}")
     table = {}
     for n, rs in runs.items():
         speed = [r["eff/train_samples_per_s"] for r in rs]
@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> dict:
         spread = f"{np.median(speed):,.0f} ({min(speed):,.0f}..{max(speed):,.0f})"
         print(
             f"{n:>9}{row['val/auc']:>10.5f}{row['val/logloss']:>9.5f}"
-            f"{row['train/param_checksum']:>16.6f}{spread:>22}"
+            f"{row['train/param_checksum']:>18.6f}{spread:>24}"
         )
     report = {"settings": vars(args), "table": table, "runs": runs}
     if args.out:
