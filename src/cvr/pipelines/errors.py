@@ -41,4 +41,7 @@ def one_line(error: BaseException) -> str | None:
         return f"error: disk full while writing {where}"
     if isinstance(error, PermissionError | NotADirectoryError | FileExistsError):
         return f"error: {error}"
+    text = str(error)
+    if "database or disk is full" in text:  # SQLite (MLflow's store) through SQLAlchemy
+        return f"error: disk full while writing the MLflow store ({text.splitlines()[0][:200]})"
     return None
