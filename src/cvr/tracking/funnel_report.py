@@ -30,6 +30,7 @@ METRICS = (
     "ctr_auc",
     "oracle_cvr_auc_all",
     "oracle_cvr_auc_clicked",
+    "oracle_ctcvr_auc",
 )
 ARMS = ("naive CVR", "CTCVR", "ESMM", "ESMM (no sharing)")
 
@@ -145,10 +146,11 @@ def markdown_table(table: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def plot_cvr_auc(table: pd.DataFrame, path: Path) -> None:
-    """cvr_auc_all per arm (bars, min-max over seeds), per bias setting, one panel per
-    (rows, tower); the oracle as a line."""
-    synthetic = table[table["oracle_cvr_auc_all"].notna()]
+def plot_metric(table: pd.DataFrame, metric: str, path: Path) -> None:
+    """`metric` (cvr_auc_all, ctcvr_auc) per arm that has it (bars, min-max over seeds), per
+    bias setting, one panel per (rows, tower); its oracle as a dashed line."""
+    oracle_key = f"oracle_{metric}"
+    synthetic = table[table[oracle_key].notna() & table[metric].notna()]
     panels = list(synthetic.groupby(["rows_train", "tower"]))
     if not panels:
         return
@@ -156,19 +158,20 @@ def plot_cvr_auc(table: pd.DataFrame, path: Path) -> None:
     for i, ((rows, tower), cell) in enumerate(panels):
         ax = fig.add_subplot(1, len(panels), i + 1)
         biases = sorted(cell["bias"].dropna().unique())
-        width = 0.8 / len(ARMS)
-        for j, arm in enumerate(ARMS):
+        arms = [arm for arm in ARMS if arm in set(cell["arm"])]
+        width = 0.8 / len(arms)
+        for j, arm in enumerate(arms):
             sub = cell[cell["arm"] == arm].set_index("bias").reindex(biases)
-            x = np.arange(len(biases)) + (j - (len(ARMS) - 1) / 2) * width
-            ax.bar(x, sub["cvr_auc_all"], width, yerr=sub["cvr_auc_all_spread"] / 2, label=arm)
-        oracle = cell.groupby("bias")["oracle_cvr_auc_all"].mean().reindex(biases)
+            x = np.arange(len(biases)) + (j - (len(arms) - 1) / 2) * width
+            ax.bar(x, sub[metric], width, yerr=sub[f"{metric}_spread"] / 2, label=arm)
+        oracle = cell.groupby("bias")[oracle_key].mean().reindex(biases)
         for k, value in enumerate(oracle):
             ax.hlines(value, k - 0.45, k + 0.45, colors="k", linestyles="--")
         ax.set_xticks(np.arange(len(biases)), [f"bias {b}" for b in biases])
-        low = np.nanmin(cell["cvr_auc_all"]) - 0.02
+        low = np.nanmin(cell[metric]) - 0.02
         ax.set_ylim(max(0.5, low), np.nanmax(oracle) + 0.01)
         ax.set_title(f"{tower}, {rows:,} train rows")
-        ax.set_ylabel("test cvr_auc_all (vs true pCVR); dashed: oracle")
+        ax.set_ylabel(f"test {metric}; dashed: oracle")
         if i == 0:
             ax.legend(fontsize="small")
     fig.tight_layout()
@@ -176,7 +179,7 @@ def plot_cvr_auc(table: pd.DataFrame, path: Path) -> None:
 
 
 def write_report(runs: pd.DataFrame, out_dir: str | Path) -> dict[str, Path]:
-    """report.md, runs.csv, summary.json and cvr_auc_all.png under `out_dir`."""
+    """report.md, runs.csv, summary.json, cvr_auc_all.png and ctcvr_auc.png under `out_dir`."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     table = summarize(runs)
@@ -190,8 +193,9 @@ def write_report(runs: pd.DataFrame, out_dir: str | Path) -> dict[str, Path]:
     text += [markdown_table(table), "", "## ESMM vs naive CVR", ""]
     text += [f"- {line}" for line in verdicts] or ["- (no cell has both arms)"]
     paths["report.md"].write_text("\n".join(text) + "\n")
-    plot = out / "cvr_auc_all.png"
-    plot_cvr_auc(table, plot)
-    if plot.is_file():
-        paths["cvr_auc_all.png"] = plot
+    for metric in ("cvr_auc_all", "ctcvr_auc"):
+        plot = out / f"{metric}.png"
+        plot_metric(table, metric, plot)
+        if plot.is_file():
+            paths[plot.name] = plot
     return paths
