@@ -85,9 +85,9 @@ def load_study_runs(roots: Iterable[str | Path]) -> pd.DataFrame:
 
 
 def summarize(runs: pd.DataFrame) -> pd.DataFrame:
-    """One row per (dataset, bias, rows_train, tower, arm): seeds, and per metric the mean and
-    the spread (max - min over seeds)."""
-    keys = ["dataset", "bias", "rows_train", "tower", "arm"]
+    """One row per (dataset, bias, rows_train, tower, arm, backend): seeds, and per metric the
+    mean and the spread (max - min over seeds)."""
+    keys = ["dataset", "bias", "rows_train", "tower", "arm", "backend"]
     grouped = runs.groupby(keys, dropna=False)
     out = grouped.size().rename("seeds").to_frame()
     for metric in METRICS:
@@ -122,7 +122,7 @@ def acceptance(table: pd.DataFrame) -> list[str]:
 
 
 def markdown_table(table: pd.DataFrame) -> str:
-    cols = ["dataset", "bias", "rows_train", "tower", "arm", "seeds"]
+    cols = ["dataset", "bias", "rows_train", "tower", "arm", "backend", "seeds"]
     header = [*cols, "cvr_auc_all", "oracle", "gap", "cvr_auc_clicked", "ctcvr_auc", "ctr_auc"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
 
