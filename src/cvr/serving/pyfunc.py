@@ -44,7 +44,7 @@ ARTIFACT_PATH = "model"
 #: The model-from-code file MLflow runs on load (it builds a BundleModel; nothing is pickled).
 MODEL_CODE = Path(__file__).with_name("pyfunc_model.py")
 BUNDLE_ARTIFACT = "bundle"
-# Distributions the predictor imports (directly or through cvr.pipelines.train.build_model).
+# Distributions the predictor imports (directly or through cvr.models.registry and the backends).
 _REQUIREMENTS = (
     "torch",
     "numpy",
