@@ -26,7 +26,8 @@ import pyarrow.compute as pc
 
 from cvr.data.errors import DataError
 
-DEFAULT_BLOCK_BYTES = 1 << 22  # 4 MiB: ~15k Criteo lines per chunk; memory per chunk in the tens of MiB
+# 4 MiB: ~15k Criteo lines per chunk, so the memory of a chunk in flight is tens of MiB.
+DEFAULT_BLOCK_BYTES = 1 << 22
 # Far above any real record (Criteo lines are ~250 bytes), far below what exhausts memory.
 DEFAULT_MAX_LINE_BYTES = 1 << 23
 # Suffix -> pyarrow codec; `.xz` is not an Arrow codec and goes through lzma.
