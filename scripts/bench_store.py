@@ -161,8 +161,14 @@ def publish_timed(uri: str, bundle: Path) -> dict[str, Any]:
     from cvr.vectorstore.client import close
     from cvr.vectorstore.versions import publish
 
+    def progress(label: str, total: int):
+        from tqdm import tqdm
+
+        bar = tqdm(total=total, desc=f"publish {label}", unit="row", mininterval=30)
+        return bar.update
+
     start = time.perf_counter()
-    result = publish(uri, bundle)
+    result = publish(uri, bundle, progress=progress)
     total = time.perf_counter() - start
     close(uri)  # Lite: one process per data directory; the arms open it next
     return {
@@ -262,7 +268,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--requests-b1", type=int, default=2000)
-    parser.add_argument("--requests-b64", type=int, default=300)
+    parser.add_argument("--requests-b64", type=int, default=100)
+    parser.add_argument("--warmup-rows", type=int, default=5000, help="val rows that warm up")
     parser.add_argument("--batches-b1024", type=int, default=10)
     parser.add_argument("--server", action="store_true", help="also serve from Milvus standalone")
     parser.add_argument("--work", default=str(ROOT / "outputs" / "bench" / "store"))
@@ -287,7 +294,8 @@ def main(argv: list[str] | None = None) -> int:
     table_bytes = num_rows * (vector_dim + 1) * 4
     files = {"bundle": bundle, "requests": work / "requests.npy", "warmup": work / "warmup.npy"}
     np.save(files["requests"], np.ascontiguousarray(store.ids("test")[:20_000], dtype=np.int32))
-    np.save(files["warmup"], np.ascontiguousarray(store.ids("val")[:20_000], dtype=np.int32))
+    warmup = store.ids("val")[: args.warmup_rows]
+    np.save(files["warmup"], np.ascontiguousarray(warmup, dtype=np.int32))
     print(f"table: {num_rows:,} rows x {vector_dim} floats + linear = {table_bytes / 2**20:.0f} MB")
 
     lite = str(work / "vectors.db")

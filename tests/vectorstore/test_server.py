@@ -82,3 +82,20 @@ def test_publish_predict_snapshot_restore_on_a_milvus_server(server_uri, tmp_pat
         assert lite_probs.tobytes() == before.tobytes()
     finally:
         close(lite)
+
+
+def test_index_parameters_are_built_as_asked_on_the_server(server_uri):
+    from cvr.vectorstore import search
+
+    rng = np.random.default_rng(0)
+    items = rng.standard_normal((600, 8)).astype(np.float32)
+    client = connect(server_uri)
+    search.publish_items(client, "items_bench", items, np.arange(600) % 3)
+    built = search.build_index(client, "items_bench", "IVF_FLAT", {"nlist": 16})
+    assert built["index_type"] == "IVF_FLAT" and str(built.get("nlist", built.get("params"))) in (
+        "16",
+        "{'nlist': 16}",
+    ), built
+    found = search.search_ids(client, "items_bench", items[:2], 5, {"nprobe": 16}, "group == 1")
+    assert ((np.arange(600) % 3)[found] == 1).all()
+    client.drop_collection("items_bench")
