@@ -53,15 +53,17 @@ def _cut(
 
 @njit(cache=True, nogil=True)
 def _copy(buf, col_start, col_end, offsets, out):  # pragma: no cover
-    # Row-major: a line's columns sit together in buf, so buf is read once, in order.
-    for i in range(col_start.shape[1]):
-        for k in range(col_start.shape[0]):
+    # Column by column: the positions are read in order and the output written in order
+    # (measured faster than row by row, which keeps dozens of streams open at once).
+    for k in range(col_start.shape[0]):
+        o = offsets[k, 0]
+        for i in range(col_start.shape[1]):
             s = col_start[k, i]
             if s < 0:
                 continue
-            o = offsets[k, i]
-            for p in range(col_end[k, i] - s):
-                out[o + p] = buf[s + p]
+            for p in range(s, col_end[k, i]):
+                out[o] = buf[p]
+                o += 1
 
 
 @njit(cache=True, nogil=True)
