@@ -166,3 +166,19 @@ def test_sigterm_marks_killed_resume_refuses_a_live_run_then_takes_over(tmp_path
     run = MlflowClient(f"sqlite:///{root / 'mlflow.db'}").get_run(info["mlflow_run_id"])
     assert run.info.status == "FINISHED"
     assert run.data.tags["resumed_from_status"] == "KILLED"
+
+
+def test_a_run_whose_bundle_never_appeared_is_not_finished(tmp_path, monkeypatch):
+    import cvr.serving.bundle as bundle_module
+
+    # An export that returns without writing (what a kill mid-export used to leave): the run
+    # must not be reported FINISHED.
+    monkeypatch.setattr(bundle_module, "export_from_training", lambda *a, **k: None)
+    cfg = compose_train(tmp_path, [*TINY_DATA, "trainer.max_epochs=1", *QUIET])
+    with pytest.raises(RuntimeError, match=r"run ended without .*bundle.manifest\.json"):
+        train(cfg)
+    client = MlflowClient(cfg.logger.tracking_uri)
+    (run,) = client.search_runs(
+        [client.get_experiment_by_name(cfg.logger.experiment).experiment_id]
+    )
+    assert run.info.status == "FAILED"
