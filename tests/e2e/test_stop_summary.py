@@ -1,0 +1,32 @@
+"""The final table says how many epochs ran, which was best and why training stopped."""
+
+from cvr.pipelines.train import metrics_table, stop_line
+from tests.helpers import TINY_DATA, compose_train
+
+
+def test_stop_line_names_the_reason():
+    early = {"train/epochs_run": 7.0, "train/max_epochs": 50.0, "train/best_epoch": 4.0}
+    early["train/stopped_early"] = 1.0
+    assert (
+        stop_line(early) == "epochs 7 of 50, best 4: early stopping (validation stopped improving)"
+    )
+    limit = {"train/epochs_run": 4.0, "train/max_epochs": 4.0, "train/stopped_early": 0.0}
+    assert stop_line(limit) == "epochs 4 of 4: reached trainer.max_epochs"
+    assert stop_line({}) is None
+    assert metrics_table({**early, "test/auc": 0.7}).splitlines()[0] == stop_line(early)
+
+
+def test_a_run_reports_epochs_best_epoch_and_stop(tmp_path):
+    from cvr.pipelines.train import train
+
+    overrides = [*TINY_DATA, "logger=none", "export_bundle=false", "trainer.max_epochs=3"]
+    overrides += ["trainer.enable_progress_bar=false", "callbacks.efficiency_profile.enabled=false"]
+    metrics = train(compose_train(tmp_path, overrides))
+    ran, best = metrics["train/epochs_run"], metrics["train/best_epoch"]
+    assert 1 <= best <= ran <= 3
+    assert metrics["train/max_epochs"] == 3
+    # Stopped early exactly when fewer epochs than the limit ran.
+    assert metrics["train/stopped_early"] == float(ran < 3)
+    # The best epoch is the one whose checkpoint was tested: its file name says so.
+    (ckpt,) = (p for p in (tmp_path / "runs").rglob("epoch*.ckpt"))
+    assert ckpt.name.startswith(f"epoch{int(best) - 1:02d}-")
