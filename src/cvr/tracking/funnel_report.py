@@ -110,6 +110,9 @@ def acceptance(table: pd.DataFrame) -> list[str]:
         for metric in ("cvr_auc_all", "cvr_auc_clicked"):
             diff = esmm[metric] - naive[metric]
             spread = max(esmm[f"{metric}_spread"], naive[f"{metric}_spread"])
+            if min(esmm["seeds"], naive["seeds"]) < 2:
+                parts.append(f"{metric} {diff:+.4f} (one seed: no spread to judge by)")
+                continue
             verdict = "beats" if diff > spread else "worse" if diff < -spread else "within spread"
             parts.append(f"{metric} {diff:+.4f} (spread {spread:.4f}: {verdict})")
         seeds = f"{int(esmm['seeds'])}/{int(naive['seeds'])} seeds"
