@@ -35,6 +35,8 @@ bench: setup
 	$(PY) scripts/bench_infer.py --out outputs/bench/infer.json
 	# Store builds vs pyarrow's bare parse at 0.5M and 2M rows (--large adds 8M: ~2.3 GB, minutes).
 	$(PY) scripts/bench_data.py --out outputs/bench/data.json
+	# Serving from Milvus Lite vs in-process tables (publishes ~0.5M rows: ~15 min on 2 busy cores).
+	$(PY) scripts/bench_store.py --repeats 1 --out outputs/bench/store.json
 
 lint: setup
 	$(VENV)/bin/ruff check .
