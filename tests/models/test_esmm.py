@@ -148,7 +148,7 @@ def test_training_step_lowers_the_esmm_loss():
         loss = esmm_loss(ctr, cvr, click, conversion)
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     assert losses[-1] < 0.7 * losses[0]
     # The backend's mean BCE over forward()'s (B, 2) output is half the ESMM loss.
     mean_bce = functional.binary_cross_entropy_with_logits(
