@@ -286,10 +286,11 @@ def _merge(parts: Sequence[pa.Table]) -> pa.Table:
     if not parts:
         return pa.table({"v": pa.array([], pa.large_string()), "c": pa.array([], pa.int64())})
     # Copied into fresh buffers: tables unpickled from workers can be misaligned for Acero.
+    table = pa.concat_tables(parts)
     table = pa.table(
         {
-            name: pa.concat_arrays(pa.concat_tables(parts)[name].chunks + [pa.array([], t)])
-            for name, t in (("v", pa.large_string()), ("c", pa.int64()))
+            name: pa.concat_arrays([*table[name].chunks, pa.array([], kind)])
+            for name, kind in (("v", pa.large_string()), ("c", pa.int64()))
         }
     )
     return table.group_by("v").aggregate([("c", "sum")]).rename_columns(["v", "c"])
