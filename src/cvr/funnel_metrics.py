@@ -21,7 +21,6 @@ outcomes drawn from the truth). `oracle_<metric>` is the same metric of the true
 from __future__ import annotations
 
 import numpy as np
-from sklearn.metrics import roc_auc_score
 
 from cvr.metrics import binary_metrics, logloss
 
@@ -37,6 +36,9 @@ def soft_label_metrics(true_probs: np.ndarray, probs: np.ndarray) -> dict[str, f
     probability that a positive outranks a negative (ties count half; a row paired with itself
     is a tie, which moves the AUC by O(1/n)), logloss the cross-entropy.
     """
+    # Imported here: scikit-learn (and pandas with it) costs every run ~1 s of start-up.
+    from sklearn.metrics import roc_auc_score
+
     t = np.asarray(true_probs, dtype=np.float64).ravel()
     p = np.asarray(probs, dtype=np.float64).ravel()
     n = len(t)
