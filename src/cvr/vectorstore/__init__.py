@@ -2,6 +2,7 @@
 
 client.py      open a store by URI (a local path is Milvus Lite, http://host:port a server)
 rows.py        a bundle's tables as rows (one per global feature id) and their checksum
+collection.py  the collection layout, its `cvr.table` metadata, index/alias/read helpers
 versions.py    publish to a new versioned collection, verify, move the alias; list,
                rollback, prune
 table.py       the tables a Predictor reads from a collection: batched fetch by primary key
