@@ -6,6 +6,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from cvr.backends.autograd import split_sparse_parameters
 from cvr.models.ctr import FFM, FM, FwFM
 from cvr.models.embeddings import (
     FullEmbedding,
@@ -14,7 +15,6 @@ from cvr.models.embeddings import (
     QREmbedding,
     power_rule_dims,
 )
-from cvr.backends.autograd import split_sparse_parameters
 from cvr.pipelines.train import build_model
 from tests.helpers import CONF
 

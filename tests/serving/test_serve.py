@@ -16,6 +16,7 @@ import pytest
 
 from cvr.serving.pyfunc import log_pyfunc_model
 from cvr.tracking import mlflow_runs
+from cvr.tracking.training_run import logged_model_id
 from tests.helpers import REPO
 from tests.serving.test_bundle import make_file_bundle
 
@@ -68,8 +69,10 @@ def test_readme_serve_command_scores_rows_and_returns_clean_errors(tmp_path):
     uri = f"sqlite:///{root / 'outputs' / 'mlflow.db'}"
     run_id = mlflow_runs.start_run(uri, "cvr", "served", artifact_root=str(root / "mlartifacts"))
     log_pyfunc_model(uri, run_id, bundle)
+    model_id = logged_model_id(uri, run_id, "model")
+    assert model_id, "the logged model has no id to serve by"
     port = _free_port()
-    command = _readme_serve_command().replace("<run_id>", run_id)
+    command = _readme_serve_command().replace("<run_id>", run_id).replace("<model_id>", model_id)
     command = re.sub(r"--port \d+", f"--port {port}", command)
     # A PATH without the venv, as a user's shell has it: the command must still find uvicorn.
     env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "MLFLOW_TRACKING_URI")}
@@ -96,5 +99,6 @@ def test_readme_serve_command_scores_rows_and_returns_clean_errors(tmp_path):
         text = json.dumps(body)
         assert str(REPO) not in text and ".py" not in text, text
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
+        if proc.poll() is None:  # an early exit was already reported by _wait_ready
+            os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=60)

@@ -355,9 +355,7 @@ def fit_and_test(cfg: DictConfig, resume_ckpt: Path | None, run_id: str | None) 
         metrics.update(oracle_metrics(store, "val", label))  # the learning curve's ceiling
     if "test/oracle_auc" in metrics:
         metrics["test/auc_gap"] = metrics["test/oracle_auc"] - metrics["test/auc"]
-    metrics.update(
-        {f"data/skipped_{k}": float(v) for k, v in store.info.skipped.items()}
-    )
+    metrics.update({f"data/skipped_{k}": float(v) for k, v in store.info.skipped.items()})
     metrics.update({f"data/rows_{s}": float(store.rows(s)) for s in ("train", "val", "test")})
     metrics["train/global_step"] = float(trainer.global_step)
     metrics.update(training_summary(trainer, best))
