@@ -19,6 +19,8 @@ import warnings
 _WARNINGS = (
     r".*LeafSpec.*(deprecated|is_leaf)",
     r"The number of training batches \(\d+\) is smaller than the logging interval",
+    # Our epoch values are already the same on every process (CTRModule.on_train_epoch_end).
+    r".*when logging on epoch level in distributed setting",
 )
 _DONE = False
 

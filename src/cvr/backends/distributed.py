@@ -48,6 +48,18 @@ def gather_concat(*arrays: np.ndarray) -> tuple[np.ndarray, ...]:
     return tuple(np.concatenate([part[i] for part in gathered]) for i in range(len(arrays)))
 
 
+def sum_over_processes(*values: float) -> tuple[float, ...]:
+    """Each value summed over all processes (itself with one process), in float64.
+
+    A collective: every process must call it at the same point of its program.
+    """
+    if not distributed() or torch.distributed.get_world_size() == 1:
+        return values
+    total = torch.tensor(values, dtype=torch.float64)
+    torch.distributed.all_reduce(total)
+    return tuple(total.tolist())
+
+
 def parameter_checksum(model: nn.Module) -> float:
     """A float64 fingerprint of every parameter: sum of values plus position-weighted sum.
 

@@ -89,8 +89,7 @@ class FunnelModule(CTRModule):
             self.best_val_auc = max(self.best_val_auc, metrics["val/auc"])
             metrics["val/auc_best"] = self.best_val_auc
         shown = {self.task.monitor, "val/auc", "val/logloss", "val/auc_best"}
-        sync = self.trainer.world_size > 1
-        self.log_dict(
-            {k: v for k, v in metrics.items() if k in shown}, prog_bar=True, sync_dist=sync
-        )
-        self.log_dict({k: v for k, v in metrics.items() if k not in shown}, sync_dist=sync)
+        # Scored on the gathered split, so the same on every process: nothing for Lightning to
+        # reduce (a lazy reduction deadlocks DDP; see CTRModule.training_step).
+        self.log_dict({k: v for k, v in metrics.items() if k in shown}, prog_bar=True)
+        self.log_dict({k: v for k, v in metrics.items() if k not in shown})

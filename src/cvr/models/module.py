@@ -30,6 +30,7 @@ from cvr.backends.distributed import (
     gather_concat,
     parameter_checksum,
     strategy_name,
+    sum_over_processes,
 )
 from cvr.backends.select import fused_unsupported
 from cvr.metrics import binary_metrics
@@ -66,6 +67,7 @@ class CTRModule(L.LightningModule):
         self._outputs: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
         self._epoch_start = 0.0
         self._epoch_samples = 0
+        self._epoch_loss_sum = 0.0
         self._batches_in_epoch = 0
         self._resume_skip = 0
         self.best_val_auc = float("-inf")
@@ -123,6 +125,7 @@ class CTRModule(L.LightningModule):
     def on_train_epoch_start(self) -> None:
         self._epoch_start = time.perf_counter()
         self._epoch_samples = 0
+        self._epoch_loss_sum = 0.0
         self._batches_in_epoch = 0
 
     def training_step(self, batch, batch_idx):
@@ -132,11 +135,16 @@ class CTRModule(L.LightningModule):
         optimizers = self.optimizers()
         optimizers = optimizers if isinstance(optimizers, list) else [optimizers]
         loss = self.backend.train_batch(ids, labels, optimizers, self.manual_backward)
+        self._epoch_loss_sum += float(loss.detach()) * len(ids)
+        # A step value is synced as it is logged, on every process at once. Epoch values are
+        # reduced here by hand instead (on_train_epoch_end): Lightning reduces them lazily, on
+        # whichever process reads them first, and its progress bar reads them on rank 0 alone,
+        # so a DDP run with the bar on entered that collective on one process and hung.
         self.log(
-            "train/loss",
+            "train/loss_step",
             loss,
             on_step=True,
-            on_epoch=True,
+            on_epoch=False,
             prog_bar=True,
             batch_size=len(ids),
             sync_dist=self.trainer.world_size > 1,
@@ -147,18 +155,22 @@ class CTRModule(L.LightningModule):
         seconds = time.perf_counter() - self._epoch_start
         # Every process trains the same number of batches; the speed is that of all of them.
         samples = self._epoch_samples * self.trainer.world_size
-        sync = self.trainer.world_size > 1  # means over processes (of equal values: exact)
+        loss_sum, rows = sum_over_processes(self._epoch_loss_sum, float(self._epoch_samples))
+        # Every value logged below is the same on every process: nothing left for Lightning
+        # to reduce (see training_step).
+        if rows:
+            self.log("train/loss_epoch", loss_sum / rows, prog_bar=True)
         if seconds > 0 and samples:
-            self.log("train/samples_per_s", samples / seconds, sync_dist=sync)
-            self.log("train/epoch_seconds", seconds, sync_dist=sync)
+            self.log("train/samples_per_s", samples / seconds)
+            self.log("train/epoch_seconds", seconds)
             self.last_metrics["train/samples_per_s"] = samples / seconds  # the last epoch's
         checksums = checksums_agree(parameter_checksum(self.model))
-        if sync:
+        if self.trainer.world_size > 1:
             rank_zero_info(
                 f"epoch {self.current_epoch}: parameter checksums by rank {checksums} (equal)"
             )
         checksum = checksums[0]
-        self.log("train/param_checksum", checksum, sync_dist=sync)
+        self.log("train/param_checksum", checksum)
         self.last_metrics["train/param_checksum"] = checksum
 
     # --- evaluation ------------------------------------------------------------------------
@@ -190,14 +202,14 @@ class CTRModule(L.LightningModule):
         if not self.trainer.sanity_checking:
             self.best_val_auc = max(self.best_val_auc, metrics["val/auc"])
             metrics["val/auc_best"] = self.best_val_auc
-        # Identical on every process (scored on the gathered split): the mean is the value.
-        self.log_dict(metrics, prog_bar=True, sync_dist=self.trainer.world_size > 1)
+        # Identical on every process (scored on the gathered split): nothing to reduce.
+        self.log_dict(metrics, prog_bar=True)
 
     def test_step(self, batch, batch_idx):
         self._collect("test", batch)
 
     def on_test_epoch_end(self) -> None:
-        self.log_dict(self._score("test"), sync_dist=self.trainer.world_size > 1)
+        self.log_dict(self._score("test"))  # gathered: the same on every process
 
     # --- checkpoints -----------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -66,22 +66,6 @@ def register_resolvers() -> None:
     OmegaConf.register_new_resolver("cvr_pid", lambda: os.getpid(), replace=True)
 
 
-def validate_config(cfg: DictConfig) -> None:
-    """Refuse impossible values before any work starts."""
-    checks = [
-        ("embedding.dim", cfg.embedding.get("dim"), "an integer >= 1"),
-        ("datamodule.batch_size", cfg.datamodule.get("batch_size"), "an integer >= 1"),
-        ("datamodule.eval_batch_size", cfg.datamodule.get("eval_batch_size"), "an integer >= 1"),
-        ("trainer.max_epochs", cfg.trainer.get("max_epochs"), "an integer >= 1"),
-    ]
-    for key, value, expected in checks:
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ConfigError(f"{key}: expected {expected}, got {value!r}")
-    lr = cfg.optimizer.get("lr")
-    if lr is not None and not (isinstance(lr, int | float) and not isinstance(lr, bool) and lr > 0):
-        raise ConfigError(f"optimizer.lr: expected a positive number or null, got {lr!r}")
-
-
 def build_store(cfg: DictConfig) -> EncodedStore:
     return hydra.utils.instantiate(cfg.data, cache_root=cfg.paths.cache_dir, _convert_="all")
 
@@ -308,7 +292,6 @@ def start_tracking(cfg: DictConfig, output_dir: Path, resume_info: dict | None) 
 
 def fit_and_test(cfg: DictConfig, resume_ckpt: Path | None, run_id: str | None) -> dict:
     """Build everything from the config, fit, test the best checkpoint; returns metrics."""
-    validate_config(cfg)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     store = build_store(cfg)
     task = funnel.task_from_config(cfg, store)
