@@ -198,16 +198,18 @@ def _plain_mapping(node: Any, where: str) -> dict[str, Any]:
     return node
 
 
+def _refuse_unknown_keys(node: dict, kind: str, name: str, allowed: list[str]) -> None:
+    """SpecError naming the keys of a `kind` record that entry `name` does not take."""
+    unknown = sorted(set(node) - {"name", "_target_", *allowed})
+    if unknown:
+        raise SpecError(f"{kind}: unknown keys {unknown} for {kind} {name!r}; allowed: {allowed}")
+
+
 def model_spec(node: Any) -> ModelSpec:
     """The ModelSpec of a `model` config node or model.json record; SpecError if invalid."""
     node = _plain_mapping(node, "model")
     name, entry = _lookup(MODELS, node, "model")
-    unknown = sorted(set(node) - {"name", "_target_", "backend", *entry.options})
-    if unknown:
-        raise SpecError(
-            f"model: unknown keys {unknown} for model {name!r}; "
-            f"allowed: {['backend', *entry.options]}"
-        )
+    _refuse_unknown_keys(node, "model", name, ["backend", *entry.options])
     backend = node.get("backend")
     if backend is not None:
         backend = Option(str, "autograd", choices=MODEL_BACKENDS).check("model.backend", backend)
@@ -222,12 +224,7 @@ def embedding_spec(node: Any) -> EmbeddingSpec:
     """The EmbeddingSpec of an `embedding` config node or record; SpecError if invalid."""
     node = _plain_mapping(node, "embedding")
     name, entry = _lookup(EMBEDDINGS, node, "embedding")
-    unknown = sorted(set(node) - {"name", "_target_", "dim", *entry.options})
-    if unknown:
-        raise SpecError(
-            f"embedding: unknown keys {unknown} for embedding {name!r}; "
-            f"allowed: {['dim', *entry.options]}"
-        )
+    _refuse_unknown_keys(node, "embedding", name, ["dim", *entry.options])
     if "dim" not in node:
         raise SpecError("embedding.dim: missing; expected an integer >= 1")
     dim = _DIM.check("embedding.dim", node["dim"])
