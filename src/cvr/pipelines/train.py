@@ -228,6 +228,29 @@ def training_summary(trainer: L.Trainer, best_checkpoint: str) -> dict[str, floa
     return out
 
 
+class ValidationByEpoch(L.Callback):
+    """Every validated epoch's val/... figures (0-based epoch -> metrics), so the summary can
+    show those of the best epoch, the one tested and exported, and not only the last's."""
+
+    def __init__(self) -> None:
+        self.by_epoch: dict[int, dict[str, float]] = {}
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        metrics = getattr(pl_module, "last_metrics", None) or {}
+        self.by_epoch[trainer.current_epoch] = {
+            k: float(v) for k, v in metrics.items() if k.startswith("val/") and np.isscalar(v)
+        }
+
+    def best(self, summary: dict[str, float]) -> dict[str, float]:
+        """`val/best/<name>`: the val figures of summary's train/best_epoch ({} if unknown, e.g.
+        a resumed run whose best epoch ran before the resume)."""
+        epoch = summary.get("train/best_epoch")
+        figures = self.by_epoch.get(int(epoch) - 1, {}) if epoch is not None else {}
+        return {f"val/best/{k.removeprefix('val/')}": v for k, v in figures.items()}
+
+
 def stop_line(metrics: dict[str, float]) -> str | None:
     """'epochs 7 of 50, best 5: early stopping (val/auc stopped improving)' or None."""
     if "train/epochs_run" not in metrics:
@@ -247,12 +270,16 @@ def stop_line(metrics: dict[str, float]) -> str | None:
 def metrics_table(metrics: dict[str, float]) -> str:
     rows = ["auc", "logloss", "ne", "calibration", "oracle_auc", "oracle_logloss", "auc_gap"]
     rows += list(FUNNEL_TABLE_ROWS)  # task=...: each space's figures (absent rows are skipped)
-    lines = [f"{'metric':<16}{'val':>12}{'test':>12}", "-" * 40]
+    # The val column is of the best epoch (the tested checkpoint's) wherever that is known.
+    best = any(k.startswith("val/best/") for k in metrics)
+    val_head = "val (best)" if best else "val (last)" if "train/best_epoch" in metrics else "val"
+    lines = [f"{'metric':<16}{val_head:>12}{'test':>12}", "-" * 40]
     stopped = stop_line(metrics)
     if stopped:
         lines.insert(0, stopped)
     for name in rows:
-        val, test = metrics.get(f"val/{name}"), metrics.get(f"test/{name}")
+        val = metrics.get(f"val/best/{name}" if best else f"val/{name}")
+        test = metrics.get(f"test/{name}")
         if val is None and test is None:
             continue
         cells = "".join(f"{v:>12.5f}" if v is not None else f"{'':>12}" for v in (val, test))
@@ -310,8 +337,9 @@ def fit_and_test(cfg: DictConfig, resume_ckpt: Path | None, run_id: str | None) 
     else:
         datamodule = StoreDataModule(store, label=label, seed=cfg.seed, **cfg.datamodule)
     forget_previous_launch()  # an earlier sweep job's DDP launch, in this same process
+    val_history = ValidationByEpoch()
     trainer = hydra.utils.instantiate(cfg.trainer)(
-        callbacks=build_callbacks(cfg),
+        callbacks=[*build_callbacks(cfg), val_history],
         logger=loggers or False,
         plugins=[AtomicCheckpointIO()],  # temp name in the checkpoint folder, then rename
     )
@@ -342,6 +370,7 @@ def fit_and_test(cfg: DictConfig, resume_ckpt: Path | None, run_id: str | None) 
     metrics.update({f"data/rows_{s}": float(store.rows(s)) for s in ("train", "val", "test")})
     metrics["train/global_step"] = float(trainer.global_step)
     metrics.update(training_summary(trainer, best))
+    metrics.update(val_history.best(metrics))  # val/... stay the last epoch's (MLflow's curves)
     metrics["train/processes"] = float(trainer.world_size)
     final = {k: float(v) for k, v in metrics.items() if np.isscalar(v)}
     if cfg.get("export_bundle", True) and trainer.is_global_zero:
