@@ -157,6 +157,7 @@ def make_system(name: str, cards: list[int], args: argparse.Namespace):
             optimizer="adagrad",
             lr=args.fused_lr,
             initial_accumulator_value=args.fused_init_acc,
+            weight_decay=args.fused_wd,
             threads=2 if name == "fused-2t" else 1,
         )
         return trainer.train_batch, lambda x: fused_logits(model, x)
@@ -264,7 +265,7 @@ def run_worker(system: str, data_path: Path, args: argparse.Namespace) -> dict[s
     cmd = [sys.executable, __file__, "--worker", system, "--data", str(data_path)]
     for key in ("seed", "epochs", "batch", "baseline_rows", "threads", "k"):
         cmd += [f"--{key.replace('_', '-')}", str(getattr(args, key))]
-    for key in ("fused_lr", "fused_init_acc", "autograd_lr", "torchfm_lr"):
+    for key in ("fused_lr", "fused_init_acc", "fused_wd", "autograd_lr", "torchfm_lr"):
         cmd += [f"--{key.replace('_', '-')}", repr(getattr(args, key))]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     for line in proc.stdout.splitlines():
@@ -315,6 +316,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     parser.add_argument("--k", type=int, default=4)
     parser.add_argument("--fused-lr", type=float, default=0.03, help="as conf/optimizer/adagrad")
     parser.add_argument("--fused-init-acc", type=float, default=1.0, help="AdaGrad initial sum")
+    parser.add_argument("--fused-wd", type=float, default=0.0, help="as optimizer.fused")
     parser.add_argument("--autograd-lr", type=float, default=0.01)
     parser.add_argument("--torchfm-lr", type=float, default=1e-3)
     parser.add_argument("--systems", default=",".join(SYSTEMS), help="comma-separated subset")
@@ -387,7 +389,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
             k: getattr(args, k)
             for k in (
                 *("seed", "epochs", "repeats", "batch", "baseline_rows", "threads", "k"),
-                *("fused_lr", "fused_init_acc", "autograd_lr", "torchfm_lr"),
+                *("fused_lr", "fused_init_acc", "fused_wd", "autograd_lr", "torchfm_lr"),
             )
         },
         "results": results,

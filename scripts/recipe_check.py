@@ -14,9 +14,14 @@ outputs/cache), then:
   (eta 0.2, lambda 2e-5, instance normalisation, 15 epochs) and again with `--auto-stop` on the
   same validation rows.
 
-Printed: test AUC and logloss of each, cvr's epochs run and best epoch, and whether cvr's AUC and
-logloss are at least libffm's (the better of its two runs). Small samples (200-1,000 rows) give
-noisy test figures: read them as a floor check, the synthetic rows as the measurement.
+`--also NAME:KEY=VALUE,KEY=VALUE` (repeatable) trains further cvr variants on the same rows in the
+same run (columns `cvr-NAME`), so candidate defaults are compared side by side.
+
+Printed: test AUC and logloss of each, cvr's epochs run and best epoch, the standard error of a
+test AUC on that many positives and negatives (Hanley-McNeil, at cvr's AUC: two AUCs closer than
+about twice it are within noise), and whether cvr's AUC and logloss are at least libffm's (the
+better of its two runs). Small samples (200-1,000 rows) give noisy test figures: read them as a
+floor check, the synthetic rows as the measurement.
 """
 
 from __future__ import annotations
@@ -162,14 +167,46 @@ def run_libffm(exe_dir: Path, store, work: Path) -> dict[str, dict[str, Any]]:
     return out
 
 
+def auc_standard_error(auc: float, positives: int, negatives: int) -> float:
+    """Hanley & McNeil (1982) standard error of an AUC measured on this many positives and
+    negatives (nan when one class is missing)."""
+    if positives == 0 or negatives == 0 or not np.isfinite(auc):
+        return float("nan")
+    q1, q2 = auc / (2 - auc), 2 * auc * auc / (1 + auc)
+    var = auc * (1 - auc) + (positives - 1) * (q1 - auc * auc) + (negatives - 1) * (q2 - auc * auc)
+    return float(np.sqrt(max(var, 0.0) / (positives * negatives)))
+
+
+def parse_variant(text: str) -> tuple[str, list[str]]:
+    """'NAME:KEY=VALUE,KEY=VALUE' -> (NAME, [KEY=VALUE, ...])."""
+    name, sep, rest = text.partition(":")
+    overrides = [o for o in rest.split(",") if o]
+    if not sep or not name or not all("=" in o for o in overrides):
+        raise argparse.ArgumentTypeError(
+            f"--also wants NAME:KEY=VALUE[,KEY=VALUE...], got {text!r}"
+        )
+    return name, overrides
+
+
 def check(name: str, exe_dir: Path | None, args: argparse.Namespace, root: Path) -> dict:
     row: dict[str, Any] = {"dataset": name}
     base = DATASETS[name]
     row["cvr"], store = run_cvr(root, [*base, *args.set])
     if args.before:
         row["cvr-before"], _ = run_cvr(root, [*base, *BEFORE])
+    for variant, overrides in args.also:
+        row[f"cvr-{variant}"], _ = run_cvr(root, [*base, *overrides])
     row["rows_train"] = store.rows("train")
     row["fields"] = len(store.cardinalities)
+    label = store.meta.get("label") or store.label_names[0]
+    test_labels = np.asarray(store.labels("test", label))
+    row["test_positives"] = int((test_labels > 0.5).sum())
+    row["test_negatives"] = int(len(test_labels) - row["test_positives"])
+    row["auc_se"] = auc_standard_error(
+        row["cvr"]["test_auc"] if row["cvr"]["test_auc"] is not None else float("nan"),
+        row["test_positives"],
+        row["test_negatives"],
+    )
     if exe_dir is not None:
         with tempfile.TemporaryDirectory(dir=root) as work:
             row.update(run_libffm(exe_dir, store, Path(work)))
@@ -190,11 +227,13 @@ def verdict(row: dict[str, Any]) -> str:
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:
-    systems = [s for s in ("cvr-before", "cvr", "libffm", "libffm-autostop") if s in rows[0]]
+    variants = [k for k in rows[0] if k.startswith("cvr-") and k != "cvr-before"]
+    order = ("cvr-before", "cvr", *variants, "libffm", "libffm-autostop")
+    systems = [s for s in order if s in rows[0]]
     head = f"{'dataset':<14}{'rows':>9}{'F':>4}"
     for s in systems:
         head += f"{s + ' AUC':>{max(12, len(s) + 5)}}{'LL':>8}{'ep':>4}"
-    print(head + f"{'best':>5}{'>= libffm':>11}")
+    print(head + f"{'best':>5}{'AUC SE':>8}{'>= libffm':>11}")
     for r in rows:
         line = f"{r['dataset']:<14}{r['rows_train']:>9,}{r['fields']:>4}"
         for s in systems:
@@ -204,7 +243,8 @@ def print_table(rows: list[dict[str, Any]]) -> None:
             line += f"{ll if ll is not None else float('nan'):>8.4f}"
             line += f"{int(ep) if ep is not None else '-':>4}"
         best = r["cvr"].get("best_epoch")
-        line += f"{int(best) if best is not None else '-':>5}{verdict(r):>11}"
+        line += f"{int(best) if best is not None else '-':>5}{r.get('auc_se', float('nan')):>8.4f}"
+        line += f"{verdict(r):>11}"
         print(line)
     loads = " ".join(f"{r['loadavg_1m']:.1f}" for r in rows)
     print(f"load avg (1 min) after each dataset: {loads}")
@@ -215,6 +255,13 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--datasets", default=",".join(DEFAULT_SET), help=f"of {list(DATASETS)}")
     parser.add_argument("--set", action="append", default=[], help="extra override for cvr")
     parser.add_argument("--before", action="store_true", help="also run the pre-recipe defaults")
+    parser.add_argument(
+        "--also",
+        action="append",
+        default=[],
+        type=parse_variant,
+        help="NAME:KEY=VALUE,... another cvr variant on the same rows (repeatable)",
+    )
     parser.add_argument("--out", help="write the rows here as JSON")
     args = parser.parse_args(argv)
     names = args.datasets.split(",")
@@ -244,7 +291,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = out.with_name(f".{out.name}.tmp")
-        tmp.write_text(json.dumps({"overrides": args.set, "rows": rows}, indent=2, default=str))
+        report = {"overrides": args.set, "also": dict(args.also), "rows": rows}
+        tmp.write_text(json.dumps(report, indent=2, default=str))
         os.replace(tmp, out)
     return rows
 
