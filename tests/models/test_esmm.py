@@ -67,34 +67,44 @@ def test_loss_and_gradients_finite_at_extreme_logits(a, b):
 def looped_tower_logits(model: ESMM, ids: torch.Tensor) -> torch.Tensor:
     """Obviously-correct reference: per row, per tower, a Python loop over field pairs."""
     out = torch.zeros(len(ids), 2, dtype=torch.float64)
-    f, k = model.num_fields, model.dim
+    f = model.num_fields
     tables = [model.embedding, model.cvr_embedding or model.embedding]
     for row in range(len(ids)):
         x = ids[row : row + 1]
         for task in range(2):
             z = float(model.bias[task]) + float(model.linear(x)[0, :, task].sum())
-            emb = tables[task](x)[0].double()
-            pair = 0
-            for i in range(f):
-                for j in range(i + 1, f):
-                    if model.tower == "ffm":
-                        v = emb.view(f, f, k)
-                        dot = float(v[i, j] @ v[j, i])
-                    else:
-                        dot = float(emb[i] @ emb[j])
-                    z += float(model.pair_weight[task, pair]) * dot
-                    pair += 1
+            # (table, its width k, the pair weights on its dots) this tower reads
+            parts = [(tables[task], model.dim, model.pair_weight[task])]
+            if model.private_dim:
+                weights = model.private_pair_weight[task]
+                parts.append((model.private[task], model.private_dim, weights))
+            for table, k, weights in parts:
+                emb = table(x)[0].double()
+                pair = 0
+                for i in range(f):
+                    for j in range(i + 1, f):
+                        if model.tower == "ffm":
+                            v = emb.view(f, f, k)
+                            dot = float(v[i, j] @ v[j, i])
+                        else:
+                            dot = float(emb[i] @ emb[j])
+                        z += float(weights[pair]) * dot
+                        pair += 1
             out[row, task] = z
     return out
 
 
 @pytest.mark.parametrize("tower", ["ffm", "fm"])
-@pytest.mark.parametrize("share", [True, False])
-def test_tower_logits_match_looped_reference(tower, share):
+@pytest.mark.parametrize(("share", "private_dim"), [(True, 0), (False, 0), (True, 2)])
+def test_tower_logits_match_looped_reference(tower, share, private_dim):
     torch.manual_seed(0)
-    model = ESMM(CARDS, dim=3, tower=tower, share_embedding=share)
+    model = ESMM(CARDS, dim=3, tower=tower, share_embedding=share, private_dim=private_dim)
     with torch.no_grad():
         model.pair_weight.uniform_(-1, 2)
+        if private_dim:
+            model.private_pair_weight.uniform_(-1, 2)
+            for table in model.private:
+                table.weight.normal_()
         model.bias.copy_(torch.tensor([0.3, -0.7]))
         model.linear.weight.normal_()
     ids = random_ids(CARDS, 12)
@@ -134,6 +144,42 @@ def test_sharing_one_table_or_two():
     assert separate.embedding.weight.grad is None or separate.embedding.weight.grad.abs().sum() == 0
 
 
+@pytest.mark.parametrize("tower", ["ffm", "fm"])
+def test_partial_sharing_shapes_parameters_and_gradients(tower):
+    torch.manual_seed(1)
+    shared = ESMM(CARDS, dim=3, tower=tower)
+    partial = ESMM(CARDS, dim=3, tower=tower, private_dim=2)
+    fields = len(CARDS) if tower == "ffm" else 1
+    assert partial.embedding.weight.shape == shared.embedding.weight.shape
+    assert [t.weight.shape for t in partial.private] == [(sum(CARDS), fields * 2)] * 2
+    pairs = len(CARDS) * (len(CARDS) - 1) // 2
+    extra = 2 * sum(CARDS) * fields * 2 + 2 * pairs  # two private tables, their pair weights
+    count = sum(p.numel() for p in partial.parameters())
+    assert count == sum(p.numel() for p in shared.parameters()) + extra
+    ids = random_ids(CARDS, 16)
+    assert partial.head_logits(ids).shape == (16, 2) and partial(ids).shape == (16, 2)
+    # The CVR head moves the shared table and its own private table, never the CTR's.
+    partial.head_logits(ids)[:, 1].sum().backward()
+    ctr_private, cvr_private = partial.private
+    assert partial.embedding.weight.grad.abs().sum() > 0
+    assert cvr_private.weight.grad.abs().sum() > 0
+    assert ctr_private.weight.grad is None or ctr_private.weight.grad.abs().sum() == 0
+    assert partial.private_pair_weight.grad[1].abs().sum() > 0
+    assert partial.private_pair_weight.grad[0].abs().sum() == 0
+    # Private pair weights at 0 give back the fully shared model's logits.
+    with torch.no_grad():
+        partial.embedding.weight.copy_(shared.embedding.weight)
+        partial.private_pair_weight.zero_()
+    assert torch.allclose(partial.head_logits(ids), shared.head_logits(ids), atol=1e-6)
+
+
+def test_private_dim_needs_a_shared_table():
+    with pytest.raises(ValueError, match="private_dim"):
+        ESMM(CARDS, dim=2, share_embedding=False, private_dim=2)
+    with pytest.raises(ValueError, match="private_dim"):
+        ESMM(CARDS, dim=2, private_dim=-1)
+
+
 def test_training_step_lowers_the_esmm_loss():
     torch.manual_seed(0)
     model = ESMM(CARDS, dim=2, tower="fm")
@@ -167,5 +213,13 @@ def test_registry_builds_esmm_and_refuses_bad_options():
         model_spec({"name": "esmm", "tower": "lr"})
     with pytest.raises(SpecError, match=r"model\.share_embedding"):
         model_spec({"name": "esmm", "share_embedding": "yes"})
+    partial = model_spec({"name": "esmm", "tower": "ffm", "private_dim": 2})
+    model = build(partial, embedding_spec({"name": "full", "dim": 3}), CARDS)
+    assert model.private_dim == 2 and len(model.private) == 2
+    assert model_spec(partial.to_dict()) == partial
+    assert model_spec({"name": "esmm"}).options["private_dim"] == 0  # older bundles: shared
+    for bad in (-1, 2.5, "2"):
+        with pytest.raises(SpecError, match=r"model\.private_dim"):
+            model_spec({"name": "esmm", "private_dim": bad})
     with pytest.raises(SpecError, match="unknown keys"):
         model_spec({"name": "ffm", "tower": "fm"})

@@ -1,6 +1,6 @@
 """ESMM (Ma et al., SIGIR 2018): pCTCVR = pCTR x pCVR, both towers trained on every impression.
 
-    model = ESMM(cardinalities, dim=4, tower="ffm", share_embedding=True)
+    model = ESMM(cardinalities, dim=4, tower="ffm", share_embedding=True, private_dim=4)
     ctr_logit, cvr_logit = model.head_logits(ids).unbind(1)   # (B,) each
     logits = model(ids)                                       # (B, 2): [ctr, ctcvr] logits
     loss = esmm_loss(ctr_logit, cvr_logit, click, conversion)
@@ -14,6 +14,12 @@ each has its own bias, linear terms and field-pair weights r_ij, so the two inte
 sum_{i<j} r_ij <.,.> differ. FM towers therefore compute the pairwise dots explicitly (an FM with
 per-task pair weights is a FwFM; `tower="fm"` and `"fwfm"` build the same model).
 `share_embedding=False` gives each tower its own table (the ablation).
+
+Partial sharing (`private_dim=p > 0`, with a shared table; the CGC/PLE idea on the embedding):
+each tower also has a private table of width p (FFM: F * p), and its interaction sum is the
+shared dots weighted by its pair weights plus its private dots weighted by its own private pair
+weights. A tower can so lean on what the other task taught the shared table, or ignore it (pair
+weights towards 0) and use its own factors, where the two truths are unrelated.
 
 `forward` returns the CTR and CTCVR logits, so a plain BCE-with-logits over the (B, 2) output
 against [click, click AND conversion] is the mean of ESMM's two losses (half `esmm_loss`); that
@@ -67,19 +73,33 @@ class ESMM(nn.Module):
         embedding: Callable[..., nn.Module] = FullEmbedding,
         tower: str = "ffm",
         share_embedding: bool = True,
+        private_dim: int = 0,
     ) -> None:
         super().__init__()
         if tower not in TOWERS:
             raise ValueError(f"esmm.tower: expected one of {list(TOWERS)}, got {tower!r}")
+        if private_dim < 0 or (private_dim and not share_embedding):
+            raise ValueError(
+                f"esmm.private_dim: expected 0, or >= 1 with share_embedding=true, got "
+                f"{private_dim} (share_embedding={share_embedding})"
+            )
         self.cardinalities = [int(c) for c in cardinalities]
         self.num_fields = len(self.cardinalities)
         self.dim = int(dim)
         self.tower = tower
         self.share_embedding = bool(share_embedding)
-        width = self.num_fields * self.dim if tower == "ffm" else self.dim
-        self.embedding = embedding(cardinalities=self.cardinalities, dim=width)
+        self.private_dim = int(private_dim)
+        fields = self.num_fields if tower == "ffm" else 1
+        self.embedding = embedding(cardinalities=self.cardinalities, dim=fields * self.dim)
         self.cvr_embedding = (
-            None if share_embedding else embedding(cardinalities=self.cardinalities, dim=width)
+            None
+            if share_embedding
+            else embedding(cardinalities=self.cardinalities, dim=fields * self.dim)
+        )
+        # Partial sharing: [CTR's, CVR's] private tables (empty without).
+        self.private = nn.ModuleList(
+            embedding(cardinalities=self.cardinalities, dim=fields * self.private_dim)
+            for _ in range(2 if self.private_dim else 0)
         )
         # Column 0 is the CTR tower's, column 1 the CVR tower's.
         self.linear = FullEmbedding(self.cardinalities, 2, init_std=0.0)
@@ -88,12 +108,16 @@ class ESMM(nn.Module):
         self.register_buffer("pair_i", pair_i, persistent=False)
         self.register_buffer("pair_j", pair_j, persistent=False)
         self.pair_weight = nn.Parameter(torch.ones(2, len(pair_i)))
+        # Each tower's weights on its private dots (row 0 CTR, row 1 CVR).
+        self.private_pair_weight = (
+            nn.Parameter(torch.ones(2, len(pair_i))) if self.private_dim else None
+        )
 
-    def _pair_dots(self, table: nn.Module, ids: torch.Tensor) -> torch.Tensor:
+    def _pair_dots(self, table: nn.Module, ids: torch.Tensor, dim: int) -> torch.Tensor:
         """(B, P) pairwise dots: FFM <v[x_i, f_j], v[x_j, f_i]>, FM <v[x_i], v[x_j]>."""
         emb = table(ids)
         if self.tower == "ffm":
-            emb = emb.view(ids.shape[0], self.num_fields, self.num_fields, self.dim)
+            emb = emb.view(ids.shape[0], self.num_fields, self.num_fields, dim)
             left = emb[:, self.pair_i, self.pair_j]
             right = emb[:, self.pair_j, self.pair_i]
         else:
@@ -103,12 +127,16 @@ class ESMM(nn.Module):
     def head_logits(self, ids: torch.Tensor) -> torch.Tensor:
         """ids int (B, F) -> float32 (B, 2): the CTR and CVR towers' logits."""
         linear = self.bias + self.linear(ids).sum(dim=1)  # (B, 2)
-        dots = self._pair_dots(self.embedding, ids)
-        if self.cvr_embedding is None:
-            return linear + dots @ self.pair_weight.T
-        ctr = dots @ self.pair_weight[0]
-        cvr = self._pair_dots(self.cvr_embedding, ids) @ self.pair_weight[1]
-        return linear + torch.stack([ctr, cvr], dim=1)
+        dots = self._pair_dots(self.embedding, ids, self.dim)
+        if self.cvr_embedding is not None:
+            ctr = dots @ self.pair_weight[0]
+            cvr = self._pair_dots(self.cvr_embedding, ids, self.dim) @ self.pair_weight[1]
+            return linear + torch.stack([ctr, cvr], dim=1)
+        out = linear + dots @ self.pair_weight.T
+        if self.private_pair_weight is not None:
+            own = [self._pair_dots(table, ids, self.private_dim) for table in self.private]
+            out = out + torch.stack(own, dim=1).mul(self.private_pair_weight).sum(dim=2)
+        return out
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         """ids int (B, F) -> float32 (B, 2): [CTR logit, CTCVR logit]."""

@@ -102,10 +102,15 @@ MODELS: dict[str, Entry] = {
     "fm": Entry(FM, {}, ("cvr.models.ctr.FM",)),
     "ffm": Entry(FFM, {}, ("cvr.models.ctr.FFM",)),
     "fwfm": Entry(FwFM, {}, ("cvr.models.ctr.FwFM",)),
-    # Two towers (task=esmm): `tower` is the model choice, `share_embedding` the ablation.
+    # Two towers (task=esmm): `tower` is the model choice, `share_embedding` the ablation,
+    # `private_dim` each tower's private factors beside the shared table (0: fully shared).
     "esmm": Entry(
         ESMM,
-        {"tower": Option(str, "ffm", choices=TOWERS), "share_embedding": Option(bool, True)},
+        {
+            "tower": Option(str, "ffm", choices=TOWERS),
+            "share_embedding": Option(bool, True),
+            "private_dim": Option(int, 0, low=0, high=1 << 16),
+        },
         ("cvr.models.esmm.ESMM",),
     ),
 }

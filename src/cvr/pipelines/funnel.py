@@ -4,7 +4,7 @@ Without a `task` node the pipeline trains one label as before (`label=`); `legac
 which task that label means. With one, `FunnelDataModule` and `FunnelModule` train and score it,
 early stopping and the best checkpoint follow `task.monitor`, and for `task=esmm` the `model`
 choice names the towers: `model=ffm task=esmm` is ESMM with FFM towers (registry name `esmm`,
-options `tower`, `share_embedding` from `esmm.share_embedding`).
+options `tower`, `share_embedding`, `private_dim` from the `esmm` node).
 """
 
 from __future__ import annotations
@@ -61,6 +61,7 @@ def model_node(cfg: DictConfig) -> dict[str, Any]:
         "name": "esmm",
         "tower": tower,
         "share_embedding": esmm.get("share_embedding", True),
+        "private_dim": esmm.get("private_dim", 0),
     }
 
 
