@@ -21,6 +21,7 @@ exported by `cvr.pipelines.run_folder.export_bundle`.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import json
 import logging
@@ -222,10 +223,14 @@ def verify_bundle(path: str | Path) -> dict[str, Any]:
     return manifest
 
 
-def load_bundle(path: str | Path, verify: bool = True) -> Bundle:
+def load_bundle(path: str | Path, verify: bool = True, tables: bool = True) -> Bundle:
     """Load a bundle: verify its files (unless `verify` is false), rebuild the model, load it.
 
-    Raises ManifestError for a bundle that does not match its manifest or is inconsistent.
+    `tables=False` leaves out the per-feature tables (`model.embedding`, `model.linear`) for a
+    caller that reads them from a vector store: they are never initialised nor read from
+    model.pt (mapped, not copied), so the process never holds them; until replaced they are
+    `TablesNotLoaded` modules that raise. Raises ManifestError for a bundle that does not match
+    its manifest or is inconsistent.
     """
     path = Path(path)
     manifest = verify_bundle(path) if verify else read_manifest(path)
@@ -233,7 +238,8 @@ def load_bundle(path: str | Path, verify: bool = True) -> Bundle:
         if not (path / name).is_file():
             raise ManifestError(f"missing file {path / name}")
     spec = _read_json(path / MODEL_SPEC)
-    model = _rebuild_model(spec, path / MODEL_SPEC)
+    with contextlib.nullcontext() if tables else _SkipInit():
+        model = _rebuild_model(spec, path / MODEL_SPEC)
     preprocessor = Preprocessor.load(path / PREPROCESSOR)
     if preprocessor.cardinalities != spec["cardinalities"]:
         raise ManifestError(
@@ -241,13 +247,18 @@ def load_bundle(path: str | Path, verify: bool = True) -> Bundle:
             f"{MODEL_SPEC}'s {spec['cardinalities']}"
         )
     try:
-        weights = torch.load(path / MODEL_WEIGHTS, map_location="cpu", weights_only=True)
+        weights = torch.load(
+            path / MODEL_WEIGHTS, map_location="cpu", weights_only=True, mmap=not tables
+        )
     except Exception as exc:  # a pickle naming any callable is refused here, never run
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
         raise ManifestError(
             f"{path / MODEL_WEIGHTS}: not a plain weights file ({reason})"
         ) from None
-    load_weights(model, weights, path / MODEL_WEIGHTS)
+    if tables:
+        load_weights(model, weights, path / MODEL_WEIGHTS)
+    else:
+        _load_all_but_tables(model, weights, path / MODEL_WEIGHTS)
     schema_record = _read_json(path / SCHEMA)
     return Bundle(
         path=path,
@@ -282,6 +293,58 @@ def _rebuild_model(spec: Any, source: Path) -> nn.Module:
         return registry.build(model, embedding, cards)
     except registry.SpecError as exc:
         raise ManifestError(f"{source}: {exc}") from None
+
+
+#: The per-feature tables of a model, the ones a vector store can hold instead of the bundle.
+TABLE_MODULES = ("embedding", "linear")
+
+
+class TablesNotLoaded(nn.Module):
+    """Stands in for a table `load_bundle(tables=False)` left out: using it is an error."""
+
+    def __init__(self, name: str, source: Path) -> None:
+        super().__init__()
+        self.name, self.source = name, source
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        raise RuntimeError(
+            f"{self.source}: table {self.name!r} was not loaded (load_bundle(tables=False)); "
+            "attach the vector store's tables first"
+        )
+
+
+class _SkipInit(torch.overrides.TorchFunctionMode):
+    """Random initialisers do nothing while a model is built whose weights are then loaded:
+    an untouched torch.empty table costs no resident memory (buffers are computed as usual)."""
+
+    SKIPPED = frozenset({"normal_", "uniform_", "trunc_normal_", "kaiming_uniform_"})
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if getattr(func, "__name__", "") in self.SKIPPED:
+            kwargs = kwargs or {}
+            return args[0] if args else kwargs.get("tensor", kwargs.get("self"))
+        return func(*args, **(kwargs or {}))
+
+
+def _load_all_but_tables(
+    model: nn.Module, weights: Mapping[str, torch.Tensor], source: Path
+) -> None:
+    """Load every weight except the tables', then replace the tables by `TablesNotLoaded`."""
+    is_table = {k: k.split(".", 1)[0] in TABLE_MODULES for k in weights}
+    rest = {k: v.clone() for k, v in weights.items() if not is_table[k]}  # off the mapped file
+    try:
+        result = model.load_state_dict(rest, strict=False)
+    except RuntimeError as exc:
+        raise ManifestError(f"{source}: weights do not fit the model: {exc}") from None
+    missing = [k for k in result.missing_keys if k.split(".", 1)[0] not in TABLE_MODULES]
+    if missing or result.unexpected_keys:
+        raise ManifestError(
+            f"{source}: weights do not fit the model: missing {missing}, unexpected "
+            f"{result.unexpected_keys}"
+        )
+    for name in TABLE_MODULES:
+        if isinstance(getattr(model, name, None), nn.Module):
+            setattr(model, name, TablesNotLoaded(name, source))
 
 
 def load_weights(model: nn.Module, weights: Mapping[str, torch.Tensor], source: Path) -> None:

@@ -81,20 +81,26 @@ class Predictor:
         backend: str = "auto",
         embeddings: str | None = None,
         cache_bytes: int = 0,
+        hot_ids: np.ndarray | None = None,
     ) -> Predictor:
         """Load and verify a bundle directory (ManifestError if any file differs).
 
         `embeddings="milvus:URI[#alias]"` reads the tables from a published collection instead
-        (a hot-row cache of `cache_bytes`); see `cvr.vectorstore.table`.
+        (a hot-row cache of `cache_bytes`; with `hot_ids`, global feature ids hottest first,
+        e.g. `cvr.vectorstore.table.hot_ids_by_count`, the cache is filled with the hottest
+        rows that fit and kept fixed); see `cvr.vectorstore.table`.
         """
-        bundle = load_bundle(bundle_dir, verify=verify)
         if embeddings is None:
-            return cls(bundle, backend=backend)
+            return cls(load_bundle(bundle_dir, verify=verify), backend=backend)
         if backend == "fused":
             raise ValueError("backend=fused: the fused kernels need in-process tables")
         from cvr.vectorstore.table import attach_store_tables
 
-        tables = attach_store_tables(bundle, embeddings, cache_bytes=cache_bytes)
+        # The tables come from the store: the bundle's are never materialised in this process.
+        bundle = load_bundle(bundle_dir, verify=verify, tables=False)
+        tables = attach_store_tables(
+            bundle, embeddings, cache_bytes=cache_bytes, hot_ids=hot_ids
+        )
         predictor = cls(bundle, backend="torch")  # the model's forward over the fetched rows
         predictor.store_tables = tables
         return predictor

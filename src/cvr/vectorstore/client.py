@@ -74,7 +74,7 @@ def connect(uri: str):
             raise StoreError(f"Milvus server {uri}: cannot connect ({exc.message})") from None
     else:
         path = Path(key)
-        _check_lite_dir(path)
+        check_lite_dir(path)
         try:
             client = MilvusClient(str(path))
         except MilvusException as exc:  # e.g. a lock taken between our check and Lite's
@@ -96,7 +96,8 @@ def close(uri: str) -> None:
             server_manager_instance.release_server(key)
 
 
-def _check_lite_dir(path: Path) -> None:
+def check_lite_dir(path: Path) -> None:
+    """StoreError unless `path` can be a Lite data directory that no other process holds."""
     if path.suffix != ".db":  # how pymilvus tells a Lite path from a socket or server address
         raise StoreError(
             f"Milvus Lite {path}: a Lite data directory name must end in .db "

@@ -24,29 +24,57 @@ from torch import nn
 
 from cvr.serving.bundle import Bundle
 from cvr.vectorstore import collection as col
-from cvr.vectorstore.cache import RowCache
+from cvr.vectorstore.cache import HotRowCache, RowCache
 from cvr.vectorstore.client import StoreError, connect, split_store_uri
 from cvr.vectorstore.rows import bundle_fingerprint, model_kind, vector_dim
 from cvr.vectorstore.versions import default_alias
 
 log = logging.getLogger(__name__)
 
+FETCH_CHUNK = 2048  # ids per `get`
+
 
 class StoreTables:
     """Rows of one collection by global id: hot-row cache first, then one batched `get`."""
 
-    def __init__(self, client, collection: str, meta: dict[str, Any], cache_bytes: int = 0) -> None:
+    def __init__(
+        self,
+        client,
+        collection: str,
+        meta: dict[str, Any],
+        cache_bytes: int = 0,
+        hot_ids: np.ndarray | None = None,
+    ) -> None:
         self.client = client
         self.collection = collection
         self.meta = meta
         self.vector_dim = int(meta["vector_dim"])
         cards = np.asarray(meta["cardinalities"], dtype=np.int64)
         self.offsets = np.concatenate([[0], np.cumsum(cards)[:-1]]).astype(np.int64)
-        self.cache = RowCache(cache_bytes, self.vector_dim)
+        self.cache: RowCache | HotRowCache
+        if hot_ids is None:
+            self.cache = RowCache(cache_bytes, self.vector_dim)
+        else:
+            self.cache = HotRowCache(cache_bytes, self.vector_dim)
         self.fetches = 0
         self.fetched_rows = 0
         self.fetch_s = 0.0  # wall time inside the database's `get` (where the store costs)
         self._batch: tuple[torch.Tensor, np.ndarray, np.ndarray, np.ndarray] | None = None
+        if hot_ids is not None:
+            self.warm(hot_ids)
+
+    def warm(self, hot_ids: np.ndarray, batch_rows: int = 4096) -> int:
+        """Fill the hot-row cache with the first rows of `hot_ids` (global ids, hottest first)
+        that fit, fetched in batches; returns the rows held."""
+        hot = np.asarray(hot_ids, dtype=np.int64)[: self.cache.capacity_rows]
+        if len(np.unique(hot)) != len(hot):
+            raise ValueError("hot_ids: expected unique global feature ids")
+        parts = [self._fetch(hot[lo : lo + batch_rows]) for lo in range(0, len(hot), batch_rows)]
+        if parts:
+            self.cache.fill(
+                hot, np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+            )
+        return len(hot)
 
     def rows(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Unique int64 global ids (U,) -> (vectors float32 (U, D), linear float32 (U,))."""
@@ -62,6 +90,15 @@ class StoreTables:
         return vectors, linear
 
     def _fetch(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if len(ids) <= FETCH_CHUNK:
+            return self._fetch_one(ids)
+        # pymilvus decodes a result into Python floats (~5 KB a row here): chunks bound that.
+        parts = [
+            self._fetch_one(ids[lo : lo + FETCH_CHUNK]) for lo in range(0, len(ids), FETCH_CHUNK)
+        ]
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+    def _fetch_one(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         start = time.perf_counter()
         # A published collection is never written again and was read back in full before its
         # alias moved, so reads need no consistency wait (Strong costs a server ~0.4 s a get).
@@ -139,7 +176,25 @@ class FetchedRows(nn.Module):
         return self.tables.batch_rows(ids, self.column)
 
 
-def open_store_tables(bundle: Bundle, embeddings: str, cache_bytes: int = 0) -> StoreTables:
+def feature_counts(ids: np.ndarray, cardinalities: list[int], chunk_rows: int = 1 << 16):
+    """int64 (N,) occurrences of every global feature id in field-local ids int (n, F)."""
+    cards = np.asarray(cardinalities, dtype=np.int64)
+    offsets = np.concatenate([[0], np.cumsum(cards)[:-1]])
+    counts = np.zeros(int(cards.sum()), dtype=np.int64)
+    for lo in range(0, len(ids), chunk_rows):
+        chunk = np.asarray(ids[lo : lo + chunk_rows], dtype=np.int64) + offsets
+        counts += np.bincount(chunk.ravel(), minlength=len(counts))
+    return counts
+
+
+def hot_ids_by_count(counts: np.ndarray) -> np.ndarray:
+    """Global ids, most frequent first (ties by id): the order a hot-row cache fills in."""
+    return np.argsort(-np.asarray(counts), kind="stable").astype(np.int64)
+
+
+def open_store_tables(
+    bundle: Bundle, embeddings: str, cache_bytes: int = 0, hot_ids: np.ndarray | None = None
+) -> StoreTables:
     """The collection `embeddings` names (`[milvus:]URI[#alias or collection]`) for `bundle`.
 
     Without a name, the alias `cvr_<kind>_live`. Raises StoreError if the collection is not a
@@ -170,12 +225,18 @@ def open_store_tables(bundle: Bundle, embeddings: str, cache_bytes: int = 0) -> 
             )
     col.ensure_loaded(client, collection)
     log.info("serving %s tables from %s", kind, where)
-    return StoreTables(client, collection, meta, cache_bytes=cache_bytes)
+    return StoreTables(client, collection, meta, cache_bytes=cache_bytes, hot_ids=hot_ids)
 
 
-def attach_store_tables(bundle: Bundle, embeddings: str, cache_bytes: int = 0) -> StoreTables:
-    """Swap the bundle model's tables for rows read from the store (frees the bundle's)."""
-    tables = open_store_tables(bundle, embeddings, cache_bytes)
+def attach_store_tables(
+    bundle: Bundle, embeddings: str, cache_bytes: int = 0, hot_ids: np.ndarray | None = None
+) -> StoreTables:
+    """Swap the bundle model's tables for rows read from the store (frees the bundle's).
+
+    `hot_ids` (global ids, hottest first): fill a fixed hot-row cache with the hottest rows
+    that fit in `cache_bytes`, instead of an LRU cache filled by traffic.
+    """
+    tables = open_store_tables(bundle, embeddings, cache_bytes, hot_ids)
     model = bundle.model
     model.embedding = FetchedRows(tables, "vector", tables.vector_dim)
     model.linear = FetchedRows(tables, "linear", 1)
