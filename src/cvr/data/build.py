@@ -42,13 +42,15 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from cvr.data.encode import OnePassEncoder, prefetch
+from cvr.data.encode import OnePassEncoder
 from cvr.data.errors import DataError, check_on_error, merge_counts
 from cvr.data.numbers import parse_numbers
+from cvr.data.prefetch import prefetch
 from cvr.data.preprocess import PreprocessConfig, Preprocessor, mix64
 from cvr.data.readers import (
     DEFAULT_CHUNK_ROWS,
     LINE_COLUMN,
+    READERS,
     TIME_COLUMN,
     Reader,
     open_reader,
@@ -408,7 +410,11 @@ def build_file_store(
 
 def encode_sources(plan: BuildPlan, encoder: OnePassEncoder) -> list[tuple[Source, Reader]]:
     """Step 2: one pass over every file, encoding each batch (time split: codes at the end)."""
-    readers = [(src, plan.reader(src)) for src in plan.sources]
+    # Formats that can look categorical bytes up in the encoder's tables skip building strings.
+    extra = (
+        {"vocab_tables": encoder.vocab_tables} if READERS[plan.format].accepts_vocab_tables else {}
+    )
+    readers = [(src, plan.reader(src, **extra)) for src in plan.sources]
     times: list[pa.Array] = []
     for src, reader in readers:
         for batch in prefetch(reader, depth=1):

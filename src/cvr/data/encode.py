@@ -12,11 +12,8 @@ files remaps the ids and appends each row to its split. Tests hold the result eq
 
 from __future__ import annotations
 
-import queue
-import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -34,7 +31,7 @@ from cvr.data.preprocess import (
     stable_hash,
 )
 from cvr.data.store import SPLITS, StoreWriter
-from cvr.data.vocab import LogTable, StringTable, hash_strings, remap_columns
+from cvr.data.vocab import LogTable, StringTable, count_ids, hash_strings, remap_columns
 
 TRAIN = 0
 _SCATTER_ROWS = 1 << 18
@@ -48,13 +45,26 @@ class OnePassEncoder:
         self.encoders = pre.blank_encoders()
         self.tmp = Path(tmp)
         self.num_labels = num_labels
+        # One StringTable per categorical source column (readers that take `vocab_tables` fill
+        # them as they read), one LogTable per criteo_log field; counts[j]: train rows per
+        # provisional id of field j.
+        self.string_tables: dict[str, StringTable] = {}
         self.tables: dict[int, StringTable | LogTable] = {}
+        self.counts: dict[int, np.ndarray] = {}
         self.quantile: dict[int, int] = {}  # field -> column of the quantile values file
         for j, enc in enumerate(self.encoders):
             if enc.rule == "quantile":
                 self.quantile[j] = len(self.quantile)
             elif enc.rule == "vocab":
-                self.tables[j] = StringTable() if enc.kind == "categorical" else LogTable()
+                if enc.kind == "categorical":
+                    self.tables[j] = self.string_tables.setdefault(enc.source, StringTable())
+                else:
+                    self.tables[j] = LogTable()
+                self.counts[j] = np.zeros(1 << 10, dtype=np.int64)
+        # A reader hands back provisional ids instead of strings, so only columns that no
+        # other rule reads (a hash field on the same column needs its strings) go to readers.
+        other = {e.source for e in self.encoders if (e.rule, e.kind) != ("vocab", "categorical")}
+        self.vocab_tables = {c: t for c, t in self.string_tables.items() if c not in other}
         self.samples = {j: StrideSample(QUANTILE_SAMPLE) for j in self.quantile}
         self.rows = 0
         self.train_rows = 0
@@ -69,8 +79,6 @@ class OnePassEncoder:
     def add(self, batch: pa.RecordBatch, codes: np.ndarray | None) -> None:
         """Encode one reader batch; `codes` are its split codes, or None until `set_codes`."""
         n = batch.num_rows
-        # Train rows are counted while encoding; without codes (time split) later, from disk.
-        train = np.zeros(n, dtype=bool) if codes is None else np.asarray(codes) == TRAIN
         ids = np.empty((n, len(self.encoders)), dtype=np.int32)
         qvalues = np.empty((n, len(self.quantile)), dtype=np.float64)
         for j, enc in enumerate(self.encoders):
@@ -79,9 +87,12 @@ class OnePassEncoder:
                 qvalues[:, self.quantile[j]] = numbers_of(col)
             elif enc.rule == "hash":
                 ids[:, j] = self._hash_ids(enc, col)
+            elif enc.kind == "numeric":
+                ids[:, j] = self.tables[j].encode(numbers_of(col))
+            elif pa.types.is_int32(col.type):  # provisional ids: looked up by the reader
+                ids[:, j] = col.to_numpy()
             else:
-                values = col if enc.kind == "categorical" else numbers_of(col)
-                ids[:, j] = self.tables[j].encode(values, train)
+                ids[:, j] = self.tables[j].encode(col)
         labels = np.column_stack(
             [batch.column(lbl).to_numpy(zero_copy_only=False) for lbl in self.pre.schema.labels]
         ).astype(np.float32)
@@ -91,7 +102,7 @@ class OnePassEncoder:
             qvalues.tofile(self._files["quantile"])
         if codes is not None:
             np.asarray(codes, dtype=np.int8).tofile(self._files["codes"])
-            self._fit_rows(ids, qvalues, train, counted=True)
+            self._fit_rows(ids, qvalues, np.asarray(codes) == TRAIN)
         self.rows += n
 
     @staticmethod
@@ -106,17 +117,19 @@ class OnePassEncoder:
         unique_ids = 1 + (stable_hash(names) % np.uint64(enc.hash_buckets))
         return np.where(np.isnan(values), 0, unique_ids[inverse.reshape(-1)])
 
-    def _fit_rows(
-        self, ids: np.ndarray, qvalues: np.ndarray, train: np.ndarray, counted: bool
-    ) -> None:
+    def _fit_rows(self, ids: np.ndarray, qvalues: np.ndarray, train: np.ndarray) -> None:
+        """Count the train rows' provisional ids and sample their quantile values."""
         if not train.any():
             return
         self.train_rows += int(train.sum())
-        if not counted:
-            rows = ids[train]
-            for j, table in self.tables.items():
-                add = np.bincount(rows[:, j], minlength=len(table) + 1)
-                table.counts[: len(add)] += add
+        for j, table in self.tables.items():
+            # len(table) bounds these rows' ids (a reader thread may be adding more already).
+            need = len(table) + 1
+            if len(self.counts[j]) < need:
+                grown = np.zeros(max(need, 2 * len(self.counts[j])), dtype=np.int64)
+                grown[: len(self.counts[j])] = self.counts[j]
+                self.counts[j] = grown
+            count_ids(ids, j, train, self.counts[j])
         for j, q in self.quantile.items():
             values = qvalues[train, q]
             self.samples[j].add(values[~np.isnan(values)])
@@ -128,7 +141,7 @@ class OnePassEncoder:
         np.asarray(codes, dtype=np.int8).tofile(self._files["codes"])
         self._close()
         for ids, _, qvalues, chunk_codes in self._chunks():
-            self._fit_rows(ids, qvalues, chunk_codes == TRAIN, counted=False)
+            self._fit_rows(ids, qvalues, chunk_codes == TRAIN)
 
     # --- the end --------------------------------------------------------------------------------
     def fit(self) -> Preprocessor:
@@ -136,7 +149,9 @@ class OnePassEncoder:
         self._close()
         encoders = self.encoders
         for j, table in self.tables.items():
-            counts = table.counts[: len(table) + 1]
+            counts = np.zeros(len(table) + 1, dtype=np.int64)
+            seen = self.counts[j][: len(counts)]
+            counts[: len(seen)] = seen
             if isinstance(table, StringTable):
                 values = table.values()
             else:
@@ -208,42 +223,3 @@ def final_ids(values: pa.Array, counts: np.ndarray, min_count: int) -> tuple[lis
     remap = np.zeros(len(counts) + 1, dtype=np.int32)
     remap[table["i"].to_numpy() + 1] = np.arange(1, len(kept) + 1, dtype=np.int32)
     return table["v"].to_pylist(), remap
-
-
-def prefetch(items: Iterable[Any], depth: int = 2) -> Iterator[Any]:
-    """Iterate `items` in a background thread, `depth` items ahead.
-
-    Readers spend their time in numba and Arrow, which release the GIL, so parsing the next
-    chunk overlaps encoding this one on a second core. Exceptions reach the consumer.
-    """
-    q: queue.Queue = queue.Queue(maxsize=depth)
-    done = object()
-    stop = threading.Event()
-
-    def run() -> None:
-        try:
-            for item in items:
-                if stop.is_set():
-                    return
-                q.put((True, item))
-            q.put((True, done))
-        except BaseException as exc:
-            q.put((False, exc))
-
-    thread = threading.Thread(target=run, name="cvr-prefetch", daemon=True)
-    thread.start()
-    try:
-        while True:
-            ok, item = q.get()
-            if not ok:
-                raise item
-            if item is done:
-                return
-            yield item
-    finally:
-        stop.set()
-        while thread.is_alive():
-            try:
-                q.get_nowait()
-            except queue.Empty:
-                thread.join(0.01)

@@ -4,8 +4,10 @@ The store builder encodes every row in one pass before the vocabulary is known: 
 table maps a value to a provisional id (1, 2, ... in the order values first appear; 0 is missing).
 Once the train counts are in, `final_ids` turns provisional ids into the Preprocessor's ids
 (descending train count, then value), and the stored ids are remapped once. Strings are hashed
-with the Preprocessor's `stable_hash` (FNV-1a 64 + splitmix64) and compared byte for byte on a
-hash match, so two values never share an id.
+8 bytes at a time (splitmix64 steps) and compared byte for byte on a hash match, so two values
+never share an id even when their 64-bit hashes collide (tested with truncated hashes). Train
+counts are kept by the caller (`count_ids`), so a reader thread can fill a table while the
+encoder counts the rows of an earlier chunk.
 """
 
 from __future__ import annotations
@@ -13,7 +15,10 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from numba import njit
+from llvmlite import ir
+from numba import njit, types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 _FNV_OFFSET = np.uint64(0xCBF29CE484222325)
 _FNV_PRIME = np.uint64(0x100000001B3)
@@ -35,30 +40,98 @@ def _hash_strings(data, offsets, out):  # pragma: no cover
         out[i] = _mix(h)
 
 
+@intrinsic
+def _prefetch(typingctx, arr, i, j):  # pragma: no cover
+    """Hint the CPU to load arr[i, j]'s cache line (llvm.prefetch, read, keep in all levels)."""
+    sig = types.void(arr, i, j)
+
+    def codegen(context, builder, signature, args):
+        ary = context.make_array(signature.args[0])(context, builder, args[0])
+        ptr = cgutils.get_item_pointer(context, builder, signature.args[0], ary, args[1:])
+        i8p = ir.IntType(8).as_pointer()
+        i32 = ir.IntType(32)
+        fn = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]), "llvm.prefetch"
+        )
+        builder.call(fn, [builder.bitcast(ptr, i8p), i32(0), i32(3), i32(1)])
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+_AHEAD = 16  # rows whose table slot is prefetched ahead of the probe
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _word(data, p, n):  # pragma: no cover
+    # n (0..8) bytes from p, little-endian; with n = 8 LLVM turns this into one load.
+    w = np.uint64(0)
+    for q in range(n):
+        w |= np.uint64(data[p + q]) << np.uint64(8 * q)
+    return w
+
+
+_MISSING = np.uint64(0xFFFFFFFFFFFFFFFF)  # the length word of a missing value's key
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _span_key(data, s, e, empty_is_missing):  # pragma: no cover
+    # (hash, bytes 0..8, bytes 8..16, length) of data[s:e]; length all-ones for a missing
+    # value. The hash is internal to the table (the final ids never depend on it): one mix for
+    # the first 16 bytes, one more per further 8.
+    if s < 0 or (e <= s and empty_is_missing):
+        return np.uint64(0), np.uint64(0), np.uint64(0), _MISSING
+    n = e - s
+    if s + 16 <= len(data):  # two whole words, masked to the value's length
+        w0 = _word(data, s, 8)
+        w1 = _word(data, s + 8, 8)
+        if n < 8:
+            w0 &= (np.uint64(1) << np.uint64(8 * n)) - np.uint64(1)
+            w1 = np.uint64(0)
+        elif n < 16:
+            w1 &= (np.uint64(1) << np.uint64(8 * (n - 8))) - np.uint64(1)
+    else:
+        w0 = _word(data, s, min(n, 8))
+        w1 = _word(data, s + 8, min(max(n - 8, 0), 8))
+    h = _mix((w0 ^ (np.uint64(n) * np.uint64(0x9E3779B97F4A7C15))) + w1 * _FNV_PRIME)
+    for p in range(s + 16, e, 8):
+        h = _mix(h ^ _word(data, p, min(8, e - p)))
+    return h, w0, w1, np.uint64(n)
+
+
 @njit(cache=True, nogil=True)
-def _encode_strings(
-    data, offsets, valid, train, out, counts, table, pool, pool_off, state, start
+def _span_keys(data, starts, ends, empty_is_missing, keys):  # pragma: no cover
+    for i in range(len(starts)):
+        h, w0, w1, n = _span_key(data, starts[i], ends[i], empty_is_missing)
+        keys[i, 0] = h
+        keys[i, 1] = w0
+        keys[i, 2] = w1
+        keys[i, 3] = n
+
+
+@njit(cache=True, nogil=True)
+def _encode_spans(
+    data, starts, ends, keys, out, table, pool, pool_off, state, hmask, start
 ):  # pragma: no cover
-    # table[slot] = (hash, id | length << 32, first 8 bytes): one cache line decides most
-    # lookups; only values longer than 8 bytes are compared further, in the pool.
+    # table[slot] = (hash, id | length << 32, bytes 0..8, bytes 8..16): 32 bytes, so one cache
+    # line decides a lookup of a value up to 16 bytes; longer values are compared further in
+    # the pool. Two values whose hashes collide still get two ids (the bytes decide).
     mask = np.uint64(len(table) - 1)
     n_ids = state[0]
     used = state[1]
-    for i in range(start, len(out)):
-        if not valid[i]:
+    n = len(starts)
+    for i in range(start, min(start + _AHEAD, n)):
+        _prefetch(table, (keys[i, 0] & hmask) & mask, 0)
+    for i in range(start, n):
+        if i + _AHEAD < n:
+            _prefetch(table, (keys[i + _AHEAD, 0] & hmask) & mask, 0)
+        length = keys[i, 3]
+        if length == _MISSING:
             out[i] = 0
             continue
-        s = offsets[i]
-        e = offsets[i + 1]
-        h = _FNV_OFFSET
-        prefix = np.uint64(0)
-        for p in range(s, e):
-            b = np.uint64(data[p])
-            h = (h ^ b) * _FNV_PRIME
-            if p - s < 8:
-                prefix |= b << np.uint64(8 * (p - s))
-        h = _mix(h)
-        length = np.uint64(e - s)
+        s = starts[i]
+        e = ends[i]
+        h = keys[i, 0] & hmask
         slot = h & mask
         found = 0
         while True:
@@ -69,12 +142,13 @@ def _encode_strings(
             if (
                 table[slot, 0] == h
                 and (meta >> np.uint64(32)) == length
-                and table[slot, 2] == prefix
+                and table[slot, 2] == keys[i, 1]
+                and table[slot, 3] == keys[i, 2]
             ):
                 same = True
-                if e - s > 8:
+                if e - s > 16:
                     a = pool_off[ident - 1]
-                    for q in range(8, e - s):
+                    for q in range(16, e - s):
                         if pool[a + q] != data[s + q]:
                             same = False
                             break
@@ -98,14 +172,21 @@ def _encode_strings(
             pool_off[n_ids] = used
             table[slot, 0] = h
             table[slot, 1] = np.uint64(n_ids) | (length << np.uint64(32))
-            table[slot, 2] = prefix
+            table[slot, 2] = keys[i, 1]
+            table[slot, 3] = keys[i, 2]
             found = n_ids
         out[i] = found
-        if train[i]:
-            counts[found] += 1
     state[0] = n_ids
     state[1] = used
     return -1
+
+
+@njit(cache=True, nogil=True)
+def count_ids(ids, column, train, counts):  # pragma: no cover
+    """counts[ids[i, column]] += 1 for each row i in `train` (counts long enough)."""
+    for i in range(ids.shape[0]):
+        if train[i]:
+            counts[ids[i, column]] += 1
 
 
 @njit(cache=True, nogil=True)
@@ -117,9 +198,7 @@ def _rehash_strings(table, new_table):  # pragma: no cover
         slot = table[j, 0] & mask
         while new_table[slot, 1] != 0:
             slot = (slot + np.uint64(1)) & mask
-        new_table[slot, 0] = table[j, 0]
-        new_table[slot, 1] = table[j, 1]
-        new_table[slot, 2] = table[j, 2]
+        new_table[slot] = table[j]
 
 
 @njit(cache=True, nogil=True)
@@ -131,9 +210,7 @@ def _criteo_log_key(v):  # pragma: no cover
 
 
 @njit(cache=True, nogil=True)
-def _encode_log(
-    values, train, out, counts, keys, slots, table_values, state, start
-):  # pragma: no cover
+def _encode_log(values, out, keys, slots, table_values, state, start):  # pragma: no cover
     mask = np.uint64(len(keys) - 1)
     n_ids = state[0]
     for i in range(start, len(out)):
@@ -163,8 +240,6 @@ def _encode_log(
             slots[slot] = n_ids
             found = n_ids
         out[i] = found
-        if train[i]:
-            counts[found] += 1
     state[0] = n_ids
     return -1
 
@@ -228,50 +303,67 @@ def hash_strings(arr: pa.Array) -> np.ndarray:
 
 
 class StringTable:
-    """Distinct strings -> provisional ids 1..n in first-seen order (0 for null)."""
+    """Distinct strings -> provisional ids 1..n in first-seen order (0 for missing).
 
-    def __init__(self, capacity: int = 1 << 12) -> None:
-        self.table = np.zeros((capacity, 3), dtype=np.uint64)
+    `hash_bits` below 64 truncates the table's hashes (tests use it to force collisions).
+    """
+
+    def __init__(self, capacity: int = 1 << 12, hash_bits: int = 64) -> None:
+        self.table = np.zeros((capacity, 4), dtype=np.uint64)
         self.pool = np.empty(capacity * 8, dtype=np.uint8)
         self.pool_off = np.zeros(capacity + 1, dtype=np.int64)
-        self.counts = np.zeros(capacity + 1, dtype=np.int64)  # train rows per provisional id
         self.state = np.zeros(2, dtype=np.int64)  # ids used, pool bytes used
+        self.hmask = np.uint64((1 << hash_bits) - 1)
 
     def __len__(self) -> int:
         return int(self.state[0])
 
-    def encode(self, arr: pa.Array, train: np.ndarray) -> np.ndarray:
-        """int32 (n,) provisional ids of a string array; rows in `train` are counted."""
+    def encode(self, arr: pa.Array) -> np.ndarray:
+        """int32 (n,) provisional ids of a string array (null -> 0, "" is a value)."""
         data, offsets, valid = _string_buffers(arr)
-        out = np.empty(len(arr), dtype=np.int32)
+        starts = np.where(valid, offsets[:-1], -1)
+        return self.encode_spans(data, starts, offsets[1:], empty_is_missing=False)
+
+    def encode_spans(
+        self,
+        data: np.ndarray,
+        starts: np.ndarray,
+        ends: np.ndarray,
+        empty_is_missing: bool,
+    ) -> np.ndarray:
+        """int32 (n,) provisional ids of the values data[starts[i]:ends[i]] (starts < 0:
+        missing), looked up where they lie: a reader's line buffer, no copy. The keys of every
+        value are computed first, so each probe's slot can be prefetched a few rows ahead."""
+        out = np.empty(len(starts), dtype=np.int32)
+        keys = np.empty((len(starts), 4), dtype=np.uint64)
+        _span_keys(data, starts, ends, empty_is_missing, keys)
         start = 0
         while True:
-            start = _encode_strings(
+            start = _encode_spans(
                 data,
-                offsets,
-                valid,
-                train,
+                starts,
+                ends,
+                keys,
                 out,
-                self.counts,
                 self.table,
                 self.pool,
                 self.pool_off,
                 self.state,
+                self.hmask,
                 start,
             )
             if start < 0:
                 return out
-            self._grow(int(offsets[start + 1] - offsets[start]))
+            self._grow(int(ends[start] - starts[start]))
 
     def _grow(self, need_bytes: int) -> None:
         n, used = int(self.state[0]), int(self.state[1])
         if (n + 1) * 2 > len(self.table):
-            table = np.zeros((len(self.table) * 2, 3), dtype=np.uint64)
+            table = np.zeros((len(self.table) * 2, 4), dtype=np.uint64)
             _rehash_strings(self.table, table)
             self.table = table
         if n + 2 > len(self.pool_off):
             self.pool_off = np.concatenate([self.pool_off, np.zeros_like(self.pool_off)])
-            self.counts = np.concatenate([self.counts, np.zeros_like(self.counts)])
         if used + need_bytes > len(self.pool):
             size = max(2 * len(self.pool), used + need_bytes)
             pool = np.empty(size, dtype=np.uint8)
@@ -279,10 +371,14 @@ class StringTable:
             self.pool = pool
 
     def values(self) -> pa.Array:
-        """`large_string` (n,): the value of provisional id i + 1 at position i."""
+        """`large_string` (n,): the value of provisional id i + 1 at position i.
+
+        A view of the pool as it is now: later inserts write past it (or into a new pool),
+        so an array returned earlier never changes.
+        """
         n, used = len(self), int(self.state[1])
-        offsets = np.ascontiguousarray(self.pool_off[: n + 1])
-        data = np.ascontiguousarray(self.pool[:used])
+        offsets = self.pool_off[: n + 1]
+        data = self.pool[:used]
         return pa.Array.from_buffers(
             pa.large_string(), n, [None, pa.py_buffer(offsets), pa.py_buffer(data)]
         )
@@ -296,22 +392,20 @@ class LogTable:
         self.keys = np.zeros(capacity, dtype=np.uint64)
         self.slots = np.zeros(capacity, dtype=np.int32)
         self.table_values = np.zeros(capacity + 1, dtype=np.int64)
-        self.counts = np.zeros(capacity + 1, dtype=np.int64)
         self.state = np.zeros(1, dtype=np.int64)
 
     def __len__(self) -> int:
         return int(self.state[0])
 
-    def encode(self, values: np.ndarray, train: np.ndarray) -> np.ndarray:
+    def encode(self, values: np.ndarray) -> np.ndarray:
+        """int32 (n,) provisional ids of float values (NaN -> 0)."""
         out = np.empty(len(values), dtype=np.int32)
         values = np.ascontiguousarray(values, dtype=np.float64)
         start = 0
         while True:
             start = _encode_log(
                 values,
-                train,
                 out,
-                self.counts,
                 self.keys,
                 self.slots,
                 self.table_values,
@@ -329,7 +423,6 @@ class LogTable:
                 self.table_values = np.concatenate(
                     [self.table_values, np.zeros_like(self.table_values)]
                 )
-                self.counts = np.concatenate([self.counts, np.zeros_like(self.counts)])
 
     def values(self) -> np.ndarray:
         """int64 (n,): the key of provisional id i + 1 at position i."""

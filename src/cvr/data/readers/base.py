@@ -95,6 +95,8 @@ class Reader:
     """
 
     format: ClassVar[str]
+    # Whether the format takes `vocab_tables` (categoricals looked up in a store build's tables).
+    accepts_vocab_tables: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -191,7 +193,9 @@ class Reader:
         for src, kind in self.field_columns:
             col = columns[src]
             if kind == "categorical":
-                out[src] = blank_to_null(col) if blanks else col
+                # (int32 ids come from a store build's tables, blanks already missing)
+                text = blanks and not pa.types.is_int32(col.type)
+                out[src] = blank_to_null(col) if text else col
                 continue
             values, missing, bad = _numbers(col)
             problems.add(

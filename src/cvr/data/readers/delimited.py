@@ -10,7 +10,8 @@ around blank lines.
 from __future__ import annotations
 
 import csv
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +20,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from cvr.data.errors import BAD_ENCODING, WRONG_COLUMN_COUNT, DataError
+from cvr.data.numbers import blank_to_null
+from cvr.data.prefetch import prefetch
 from cvr.data.readers.base import Problems, TextReader
 from cvr.data.readers.columns import NON_ASCII, QUOTED, cut_columns, gather, parse_ints
 from cvr.data.readers.lines import LineBlock, decode
 from cvr.data.schema import Schema, SchemaError
+from cvr.data.vocab import StringTable
 
 
 class DelimitedReader(TextReader):
@@ -33,9 +37,15 @@ class DelimitedReader(TextReader):
     (default '"'; null or false: quotes are ordinary characters), `min_columns` (null: every line
     needs all columns; n: lines with n or more columns are padded with missing values),
     `block_bytes` (bytes read at a time), `max_line_bytes` (longer lines are line_too_long).
+
+    `vocab_tables` ({source column: StringTable}, passed by the store build, not a config key):
+    those categorical columns come out as `int32` provisional ids of the table (0 = missing),
+    their bytes looked up where they lie in the line buffer instead of copied into strings, and
+    the cutting runs in a thread of its own.
     """
 
     format = "csv"
+    accepts_vocab_tables = True
 
     def __init__(
         self,
@@ -47,9 +57,11 @@ class DelimitedReader(TextReader):
         columns: list[str] | None = None,
         quote_char: str | bool | None = '"',
         min_columns: int | None = None,
+        vocab_tables: Mapping[str, StringTable] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(path, schema, **kwargs)
+        self.vocab_tables = vocab_tables
         if (
             not isinstance(delimiter, str)
             or len(delimiter) != 1
@@ -112,6 +124,16 @@ class DelimitedReader(TextReader):
         return {c: names.index(c) for c in self.source_columns}
 
     def _batches(self) -> Iterator[pa.RecordBatch | None]:
+        cuts: Iterator[_Cut] = (self._cut(*item) for item in self._body())
+        if self.vocab_tables is not None:
+            # A store build: reading, splitting and cutting run one block ahead in their own
+            # thread, the table lookups in the caller's.
+            cuts = prefetch(cuts, depth=2, name="cvr-cut")
+        for cut in cuts:
+            yield self._chunk(cut)
+
+    def _body(self) -> Iterator[tuple[LineBlock, list[str], dict[str, int]]]:
+        """The blocks of lines after the header, with the column names and positions."""
         names = self.columns
         positions = self._check_columns(names) if names else None
         at_start = self.header
@@ -126,14 +148,11 @@ class DelimitedReader(TextReader):
                 self.header_lines = 1
                 if len(block) == 0:
                     continue
-            yield self._chunk(block, names, positions)
+            yield block, names, positions
 
-    def _chunk(
-        self, block: LineBlock, names: list[str], positions: dict[str, int]
-    ) -> pa.RecordBatch | None:
-        n = len(block)
-        problems = Problems(n)
-        self._too_long(block, problems)
+    def _cut(self, block: LineBlock, names: list[str], positions: dict[str, int]) -> _Cut:
+        """Stage 1 of a chunk: columns cut, bad UTF-8 blanked, plain integer columns parsed."""
+        srcs = list(positions)
         col_start, col_end, counts, flags = cut_columns(
             block.buf,
             block.starts,
@@ -143,28 +162,47 @@ class DelimitedReader(TextReader):
             list(positions.values()),
         )
         non_ascii = np.flatnonzero(flags & NON_ASCII)
+        bad_rows = non_ascii[:0]
         if len(non_ascii):
             _, bad = decode(block.binary().take(pa.array(non_ascii)))
             bad_rows = non_ascii[bad]
-            mask = np.zeros(n, dtype=bool)
-            mask[bad_rows] = True
-            problems.add(mask, BAD_ENCODING, lambda i: "the line is not valid UTF-8")
             col_start[:, bad_rows] = -1  # never build strings from invalid bytes
             col_end[:, bad_rows] = -1
             flags[bad_rows] = 0
-        srcs = list(positions)
-        columns: dict[str, pa.Array | np.ndarray] = {}
         quoted = self.quote_char is not None and bool((flags & QUOTED).any())
+        numbers: dict[str, np.ndarray] = {}
         numeric = [k for k, c in enumerate(srcs) if c in self._numeric_sources and not quoted]
         if numeric:
-            values, plain = parse_ints(block.buf, col_start[numeric], col_end[numeric])
-            columns.update((srcs[k], values[q]) for q, k in enumerate(numeric) if plain[q])
+            values, plain = parse_ints(block.buf, col_start, col_end, numeric)
+            numbers.update((srcs[k], values[q]) for q, k in enumerate(numeric) if plain[q])
+        return _Cut(block, names, positions, col_start, col_end, counts, flags, bad_rows, numbers)
+
+    def _chunk(self, cut: _Cut) -> pa.RecordBatch | None:
+        """Stage 2: the values as columns (categoricals looked up in `vocab_tables` when given),
+        the row checks, the batch."""
+        block, col_start, col_end, counts = cut.block, cut.col_start, cut.col_end, cut.counts
+        n = len(block)
+        problems = Problems(n)
+        self._too_long(block, problems)
+        if len(cut.bad_rows):
+            mask = np.zeros(n, dtype=bool)
+            mask[cut.bad_rows] = True
+            problems.add(mask, BAD_ENCODING, lambda i: "the line is not valid UTF-8")
+        srcs = list(cut.positions)
+        quoted = self.quote_char is not None and bool((cut.flags & QUOTED).any())
+        columns: dict[str, pa.Array | np.ndarray] = dict(cut.numbers)
+        tables = {} if quoted else self._tables_of(srcs)
+        for c, table in tables.items():
+            k = srcs.index(c)
+            columns[c] = pa.array(table.encode_spans(block.buf, col_start[k], col_end[k], True))
         text = [k for k, c in enumerate(srcs) if c not in columns]
-        strings = gather(block.buf, col_start[text], col_end[text])
+        strings = gather(block.buf, col_start, col_end, text)
         columns.update(zip([srcs[k] for k in text], strings, strict=True))
         if quoted:
-            self._requote(block, flags, counts, columns, positions, problems)
-        expected = len(names)
+            self._requote(block, cut.flags, counts, columns, cut.positions, problems)
+            for c, table in self._tables_of(srcs).items():
+                columns[c] = pa.array(table.encode(blank_to_null(columns[c])))
+        expected = len(cut.names)
         ok = counts == expected
         if self.min_columns is not None:
             ok |= (counts >= self.min_columns) & (counts < expected)
@@ -173,10 +211,18 @@ class DelimitedReader(TextReader):
             WRONG_COLUMN_COUNT,
             lambda i: f"expected {expected} columns, got {counts[i]}",
         )
-        self._text_of = lambda c: gather(
-            block.buf, col_start[[srcs.index(c)]], col_end[[srcs.index(c)]]
-        )[0]
+        self._text_of = lambda c: gather(block.buf, col_start, col_end, [srcs.index(c)])[0]
         return self._finish(columns, block.numbers, problems, blanks=quoted)
+
+    def _tables_of(self, srcs: list[str]) -> dict[str, StringTable]:
+        """The vocab tables of the categorical columns read here (not the time column)."""
+        if self.vocab_tables is None:
+            return {}
+        return {
+            c: self.vocab_tables[c]
+            for c in srcs
+            if c in self.vocab_tables and c != self.time_column
+        }
 
     @property
     def _numeric_sources(self) -> set[str]:
@@ -221,3 +267,18 @@ class DelimitedReader(TextReader):
         for c, j in positions.items():
             repl = pa.array([v[j] if j < len(v) else None for v in parsed], pa.large_string())
             columns[c] = pc.replace_with_mask(columns[c], pa.array(quoted), repl)
+
+
+@dataclass
+class _Cut:
+    """A block of lines after stage 1 (see `DelimitedReader._cut`)."""
+
+    block: LineBlock
+    names: list[str]
+    positions: dict[str, int]
+    col_start: np.ndarray
+    col_end: np.ndarray
+    counts: np.ndarray
+    flags: np.ndarray
+    bad_rows: np.ndarray
+    numbers: dict[str, np.ndarray]
