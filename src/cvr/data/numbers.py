@@ -13,7 +13,9 @@ import pyarrow.compute as pc
 # A decimal number, ASCII digits only (RE2's \d would accept other scripts' digits).
 NUMBER_RE = r"^[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?$"
 # Spellings of a missing numeric value (empty is the usual one; the rest are what pandas writes).
-MISSING_NUMBER = pa.array(["", "nan", "NaN", "NAN", "NA", "null", "NULL", "None"])
+# A tuple, made an Arrow array where used: pa.array() at import would import pandas (~0.5 s of
+# every run's start-up, training included).
+MISSING_NUMBER = ("", "nan", "NaN", "NAN", "NA", "null", "NULL", "None")
 
 
 def parse_numbers(col: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -40,7 +42,7 @@ def parse_numbers(col: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def parse_numbers_checked(col: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """parse_numbers, value by value against the number pattern (vectorized)."""
     s = pc.utf8_trim_whitespace(col)
-    missing = pc.or_(pc.is_null(s), pc.is_in(s, value_set=MISSING_NUMBER))
+    missing = pc.or_(pc.is_null(s), pc.is_in(s, value_set=pa.array(MISSING_NUMBER, pa.string())))
     ok = pc.fill_null(pc.match_substring_regex(s, NUMBER_RE), False)
     values = pc.cast(pc.if_else(ok, s, pa.scalar(None, s.type)), pa.float64())
     values = values.to_numpy(zero_copy_only=False)

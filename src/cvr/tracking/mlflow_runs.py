@@ -8,6 +8,9 @@ What the UI shows is decided here: params hold only what differs in substance (v
 paths become tags `path.<key>`), summary metrics are logged once and rounded to 6 significant
 digits, the training data is a dataset input (digest = store fingerprint), and experiments are
 tagged as model-training experiments so the UI opens on their runs, not the GenAI overview.
+
+mlflow is imported inside the functions that talk to it (`_mlflow()`): importing this module, and
+so the training pipeline, must not cost a run with `logger=none` mlflow's ~1.5 s import.
 """
 
 from __future__ import annotations
@@ -20,14 +23,15 @@ import subprocess
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import mlflow
-from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
 from cvr.tracking.store import ensure_store
 from cvr.tracking.ui_view import view_tag
+
+if TYPE_CHECKING:
+    from mlflow.tracking import MlflowClient
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +52,21 @@ EXPERIMENT_DESCRIPTION = (
 #: Dataset digests are at most 36 characters in MLflow's store.
 DATASET_DIGEST_CHARS = 12
 _PATH_VALUE = re.compile(r"^(/|~|[a-zA-Z][a-zA-Z0-9+.-]*:///?)")
+
+
+def _mlflow():
+    """The mlflow module, imported on first use (see the module docstring)."""
+    import mlflow
+    import mlflow.entities
+    import mlflow.exceptions
+    import mlflow.utils.time
+
+    return mlflow
+
+
+def client_for(tracking_uri: str) -> MlflowClient:
+    """An MlflowClient of `tracking_uri` (mlflow imported on first use)."""
+    return _mlflow().MlflowClient(tracking_uri)
 
 
 def display_value(value: float) -> float:
@@ -105,7 +124,7 @@ def ensure_experiment(client: MlflowClient, name: str, artifact_root: str | None
     }
     try:
         return client.create_experiment(name, artifact_location=location, tags=tags)
-    except mlflow.exceptions.MlflowException:
+    except _mlflow().exceptions.MlflowException:
         # Another job of the same sweep created it first.
         return client.get_experiment_by_name(name).experiment_id
 
@@ -159,7 +178,7 @@ def start_run(
     `unique_name`: suffix `-2`, `-3`, ... when the experiment already has a run of that name.
     """
     ensure_store(tracking_uri)  # create + migrate a SQLite store once, under a file lock
-    client = MlflowClient(tracking_uri)
+    client = client_for(tracking_uri)
     experiment_id = ensure_experiment(client, experiment, artifact_root)
     all_tags = dict(tags or {})
     if parent_run_id:
@@ -176,7 +195,8 @@ def log_config(tracking_uri: str, run_id: str, config: DictConfig) -> None:
     Values that are paths or file URIs differ between any two runs and say nothing about what
     was computed, so they are tags `path.<key>` instead (kept out of "show diff only").
     """
-    client = MlflowClient(tracking_uri)
+    mlflow = _mlflow()
+    client = mlflow.MlflowClient(tracking_uri)
     resolved = OmegaConf.to_container(config, resolve=True)
     params = []
     path_tags = []
@@ -207,7 +227,8 @@ def log_metrics(
     model_id: str | None = None,
 ) -> None:
     """One point per metric at `step`, rounded (display_value); linked to model_id if given."""
-    client = MlflowClient(tracking_uri)
+    mlflow = _mlflow()
+    client = mlflow.MlflowClient(tracking_uri)
     now = int(mlflow.utils.time.get_current_time_millis())
     items = [
         mlflow.entities.Metric(k, display_value(v), now, step, model_id=model_id)
@@ -232,6 +253,7 @@ def log_dataset_input(
     digest = the first DATASET_DIGEST_CHARS of the store fingerprint (the full one is the
     `dataset_fingerprint` tag); schema = the field names (int32 ids each).
     """
+    mlflow = _mlflow()
     schema = {"mlflow_colspec": [{"type": "integer", "name": f, "required": True} for f in fields]}
     dataset = mlflow.entities.Dataset(
         name=name,
@@ -242,16 +264,16 @@ def log_dataset_input(
         profile=json.dumps(profile, default=str),
     )
     tags = [mlflow.entities.InputTag(key="mlflow.data.context", value=context)]
-    MlflowClient(tracking_uri).log_inputs(
+    mlflow.MlflowClient(tracking_uri).log_inputs(
         run_id, datasets=[mlflow.entities.DatasetInput(dataset=dataset, tags=tags)]
     )
 
 
 def set_tags(tracking_uri: str, run_id: str, tags: dict[str, str]) -> None:
-    client = MlflowClient(tracking_uri)
+    client = client_for(tracking_uri)
     for key, value in tags.items():
         client.set_tag(run_id, key, str(value))
 
 
 def end_run(tracking_uri: str, run_id: str, status: str = "FINISHED") -> None:
-    MlflowClient(tracking_uri).set_terminated(run_id, status=status)
+    client_for(tracking_uri).set_terminated(run_id, status=status)

@@ -16,7 +16,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig
 
 from cvr.tracking import mlflow_runs, plots, run_names
@@ -78,7 +77,7 @@ def logged_model_name(run_name: str) -> str:
 
 def logged_model_id(tracking_uri: str, run_id: str, name: str) -> str | None:
     """The id of the logged model `name` of the run, None if there is none."""
-    client = MlflowClient(tracking_uri)
+    client = mlflow_runs.client_for(tracking_uri)
     run = client.get_run(run_id)
     models = client.search_logged_models(
         experiment_ids=[run.info.experiment_id],
@@ -98,7 +97,7 @@ def finish_run(
 
     Returns the logged model's URI (`models:/<id>`), None when no model was logged.
     """
-    client = MlflowClient(tracking_uri)
+    client = mlflow_runs.client_for(tracking_uri)
     run = client.get_run(run_id)
     name = run.info.run_name
     summary = summary_metrics(metrics)
