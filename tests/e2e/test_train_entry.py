@@ -117,3 +117,43 @@ def test_invalid_embedding_dim_is_refused_with_the_key(tmp_path):
     cfg = compose_train(tmp_path, ["embedding.dim=0", "logger=none", *TINY_DATA, *FAST])
     with pytest.raises(ValueError, match=r"embedding\.dim"):
         train(cfg)
+
+
+#: Packages a plain training run does not use: importing them costs start-up (mlflow alone
+#: ~1.5 s with pandas, sqlalchemy and opentelemetry), so they are imported only where used.
+NOT_AT_IMPORT = ("mlflow", "sqlalchemy", "pandas", "faiss", "pymilvus", "dask", "distributed")
+
+
+def imported_packages(code: str) -> set[str]:
+    """Top-level packages in sys.modules after running `code` in a fresh interpreter."""
+    probe = f"{code}\nimport sys\nprint(' '.join(sorted({{m.split('.')[0] for m in sys.modules}})))"
+    result = run_script(["-c", probe])
+    assert result.returncode == 0, result.stderr[-2000:]
+    return set(result.stdout.split())
+
+
+def test_importing_the_training_entry_imports_no_tracking_or_retrieval_stack():
+    # `import train` is everything train.py imports before Hydra runs (the pipeline, errors,
+    # run lifecycle, sweep callback), as a user's `python train.py` does.
+    loaded = imported_packages("import train")
+    assert "torch" in loaded and "lightning" in loaded  # the probe did import the pipeline
+    assert not loaded & set(NOT_AT_IMPORT), sorted(loaded & set(NOT_AT_IMPORT))
+
+
+@pytest.mark.slow
+def test_a_run_without_logger_never_imports_mlflow(tmp_path):
+    # -X importtime lists every module the whole run imported, lazily imported ones included.
+    result = run_script(
+        ["-X", "importtime", "train.py", f"paths.output_root={tmp_path}", "logger=none",
+         *TINY_DATA, *FAST]
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    imported = {
+        line.rsplit("|", 1)[1].strip().split(".")[0]
+        for line in result.stderr.splitlines()
+        if line.startswith("import time:") and "|" in line
+    }
+    assert "torch" in imported and "numba" in imported  # the listing is the whole run's
+    assert not imported & {"mlflow", "sqlalchemy", "faiss", "pymilvus", "dask"}, imported
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    assert (run_dir / "metrics.json").is_file() and (run_dir / "bundle" / "manifest.json").is_file()
