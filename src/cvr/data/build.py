@@ -33,6 +33,8 @@ from __future__ import annotations
 
 import glob
 import logging
+import tempfile
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,6 +68,7 @@ from cvr.data.store import (
     open_cached,
     store_dir,
 )
+from cvr.data.vocab import remap_columns
 from cvr.ops.manifest import fingerprint, sha256_file
 
 log = logging.getLogger(__name__)
@@ -106,6 +109,7 @@ class BuildPlan:
     fingerprint: str = ""
     has_val_file: bool = False
     reader_options: dict[str, Any] = field(default_factory=dict)
+    warm_thread: threading.Thread | None = None
 
     def reader(self, src: Source, **extra: Any) -> Reader:
         options = {**self.reader_options, **extra}
@@ -164,9 +168,13 @@ def plan_build(
     preprocess: PreprocessConfig | Mapping[str, Any] | None = None,
     on_error: str = "raise",
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
+    warm: bool = False,
     **format_options: Any,
 ) -> BuildPlan:
-    """Resolve the inputs, validate the config, hash the files: the fingerprint step."""
+    """Resolve the inputs, validate the config, hash the files: the fingerprint step.
+
+    `warm`: meanwhile, `warm_up` runs in a thread (`plan.warm_thread`).
+    """
     if schema is None:
         raise SchemaError("data.schema: missing")
     check_on_error(on_error)
@@ -205,10 +213,36 @@ def plan_build(
     )
     for src in sources:
         plan.reader(src)  # options are checked before any hashing
+    if warm:
+        plan.warm_thread = threading.Thread(target=warm_up, args=(plan,), daemon=True)
+        plan.warm_thread.start()
     for src in sources:
         src.sha256 = sha256_file(src.path)
     plan.fingerprint = store_fingerprint(plan)
     return plan
+
+
+def warm_up(plan: BuildPlan) -> None:
+    """Encode a few rows of the first input into a throwaway encoder, so that the compiled
+    kernels are loaded (numba's start-up: about a second of CPU) while the caller hashes the
+    inputs, which releases the GIL. Errors are left to the build itself."""
+    try:
+        with tempfile.TemporaryDirectory(prefix="cvr-warm-") as tmp:
+            pre = Preprocessor(plan.schema, plan.config)
+            encoder = OnePassEncoder(pre, Path(tmp), len(plan.schema.labels))
+            src = plan.sources[0]
+            tables = READERS[plan.format].accepts_vocab_tables
+            extra = {"vocab_tables": encoder.vocab_tables} if tables else {}
+            batches = iter(plan.reader(src, chunk_rows=64, **extra))
+            try:
+                batch = next(batches)
+            finally:
+                batches.close()
+            encoder.add(batch, split_codes(plan, src, batch))
+            encoder.abort()
+            remap_columns(np.zeros((1, 1), dtype=np.int32), {0: np.zeros(2, dtype=np.int32)})
+    except Exception:  # a warm-up only: the build itself reports any problem
+        log.debug("warm-up failed", exc_info=True)
 
 
 def store_fingerprint(plan: BuildPlan) -> str:
@@ -378,14 +412,17 @@ def build_file_store(
     """
     if engine not in ENGINES:
         raise SchemaError(f"data.engine: expected one of {ENGINES}, got {engine!r}")
+    local = engine == "local"
     plan = plan_build(
-        name, format, path, paths, schema, preprocess, on_error, chunk_rows, **format_options
+        name, format, path, paths, schema, preprocess, on_error, chunk_rows, local, **format_options
     )
     final = store_dir(cache_root, name, plan.fingerprint)
     cached = open_cached(final, plan.fingerprint)
     if cached is not None:
         log.info("store %s: reusing %s", name, final)
         return cached
+    if plan.warm_thread is not None:
+        plan.warm_thread.join()
     if engine == "dask":
         from cvr.data.dask_engine import build_with_dask
 

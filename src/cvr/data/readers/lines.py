@@ -5,7 +5,8 @@ so a line number is exact and rows read + rows skipped always equals the number 
 are found with numpy over whole blocks of bytes: the cost per line is a few vector operations.
 
 Compressed files are read as streams by their suffix: `.gz`, `.bz2`, `.zst`/`.zstd` through
-pyarrow's compressed input streams, `.xz` through `lzma`. Memory is bounded by the block size
+pyarrow's compressed input streams, `.xz` through `lzma`, decompressed one block ahead in a thread
+of their own. Memory is bounded by the block size
 plus `max_line_bytes`: a line longer than that (terminator included) is never held whole; its
 bytes are dropped as they stream past and it comes out as an empty line flagged `too_long`, so
 the reader can refuse it (`on_error=raise`) or count it (`skip`) under `line_too_long`.
@@ -25,6 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from cvr.data.errors import DataError
+from cvr.data.prefetch import prefetch
 
 # 4 MiB: ~15k Criteo lines per chunk, so the memory of a chunk in flight is tens of MiB.
 DEFAULT_BLOCK_BYTES = 1 << 22
@@ -119,40 +121,55 @@ def iter_line_blocks(
         if byte_range is not None:
             fh.seek(byte_range[0])
             left = byte_range[1] - byte_range[0]
-        while True:
-            try:
-                block = fh.read(block_bytes if left is None else min(block_bytes, left))
-                if left is not None:
-                    left -= len(block)
-            except (OSError, pa.ArrowException, lzma.LZMAError, EOFError) as exc:
-                raise DataError(
-                    f"{path}: cannot read past line {first - 1} ({type(exc).__name__}: {exc})"
-                ) from None
-            eof = not block
-            if skipping:
+        reads = _reads(fh, block_bytes, left)
+        if path.suffix.lower() in COMPRESSED_SUFFIXES:
+            reads = prefetch(reads, depth=2, name="cvr-decompress")  # on another core
+        try:
+            while True:
+                try:
+                    block = next(reads)
+                except (OSError, pa.ArrowException, lzma.LZMAError, EOFError) as exc:
+                    raise DataError(
+                        f"{path}: cannot read past line {first - 1} ({type(exc).__name__}: {exc})"
+                    ) from None
+                eof = not block
+                if skipping:
+                    if eof:
+                        seg, long_head = b"", True
+                    else:
+                        end = _first_terminator(block)
+                        if end < 0:
+                            continue
+                        block, long_head, skipping = b"\n" + block[end:], True, False
+                if not (skipping and eof):
+                    buf = carry + block
+                    cut = len(buf) if eof else _last_cut(buf)
+                    seg, carry = buf[:cut], buf[cut:]
+                    if len(carry) > max_line_bytes:
+                        carry, skipping = b"", True
+                if seg or (skipping and eof):
+                    lines = _split(seg, max_line_bytes, long_head)
+                    long_head = False
+                    for start in range(0, len(lines), chunk_rows):
+                        piece = lines.slice(start, min(start + chunk_rows, len(lines)))
+                        piece.first = first
+                        yield piece
+                        first += len(piece)
                 if eof:
-                    seg, long_head = b"", True
-                else:
-                    end = _first_terminator(block)
-                    if end < 0:
-                        continue
-                    block, long_head, skipping = b"\n" + block[end:], True, False
-            if not (skipping and eof):
-                buf = carry + block
-                cut = len(buf) if eof else _last_cut(buf)
-                seg, carry = buf[:cut], buf[cut:]
-                if len(carry) > max_line_bytes:
-                    carry, skipping = b"", True
-            if seg or (skipping and eof):
-                lines = _split(seg, max_line_bytes, long_head)
-                long_head = False
-                for start in range(0, len(lines), chunk_rows):
-                    piece = lines.slice(start, min(start + chunk_rows, len(lines)))
-                    piece.first = first
-                    yield piece
-                    first += len(piece)
-            if eof:
-                return
+                    return
+        finally:
+            reads.close()  # stops the decompressing thread before the file closes
+
+
+def _reads(fh: BinaryIO, block_bytes: int, left: int | None) -> Iterator[bytes]:
+    """Blocks of at most `block_bytes` (and `left` in all) bytes, the last one b""."""
+    while True:
+        block = fh.read(block_bytes if left is None else min(block_bytes, left))
+        if left is not None:
+            left -= len(block)
+        yield block
+        if not block:
+            return
 
 
 def line_aligned_ranges(path: str | Path, target_bytes: int) -> list[tuple[int, int]]:
