@@ -39,8 +39,16 @@ def test_esmm_trains_scores_every_space_and_serves_three_heads(tmp_path):
     )
     (run_dir,) = (tmp_path / "runs").iterdir()
     spec = json.loads((run_dir / "bundle" / "model.json").read_text())
-    assert spec["model"] == {"name": "esmm", "tower": "ffm", "share_embedding": True}
+    # task=esmm's default: a shared table plus private factors of the same k per tower.
+    k = cfg.embedding.dim
+    assert spec["model"] == {
+        "name": "esmm",
+        "tower": "ffm",
+        "share_embedding": True,
+        "private_dim": k,
+    }
     predictor = Predictor.load(run_dir / "bundle")
+    assert predictor.model.private_dim == k and len(predictor.model.private) == 2
     records = predictor.example_records(5)
     heads = predictor.predict_heads(records)
     assert predictor.heads == ("pctr", "pcvr", "pctcvr") == tuple(heads)
@@ -64,6 +72,36 @@ def test_monitor_is_configurable(tmp_path):
 
     cfg = compose_train(tmp_path, ["task=esmm", "task.monitor=val/ctcvr_auc", *FUNNEL, *FAST])
     assert "val/ctcvr_auc" in {getattr(c, "monitor", None) for c in build_callbacks(cfg)}
+
+
+@pytest.mark.parametrize(
+    ("overrides", "share", "private_dim"),
+    [
+        (["task=esmm"], True, 3),  # the default: shared table + private factors of the same k
+        (["task=esmm_shared"], True, 0),
+        (["task=esmm_noshare"], False, 0),
+        (["task=esmm", "esmm.share_embedding=false"], False, 0),  # nothing private to add
+        (["task=esmm", "esmm.private_dim=2"], True, 2),
+    ],
+)
+def test_esmm_task_configs_build_the_sharing_they_name(tmp_path, overrides, share, private_dim):
+    from cvr.models import registry
+    from cvr.pipelines.funnel import model_node
+
+    cfg = compose_train(tmp_path, [*overrides, "model=fm", "embedding.dim=3", *FUNNEL, *FAST])
+    node = model_node(cfg)
+    assert node == {
+        "name": "esmm",
+        "tower": "fm",
+        "share_embedding": share,
+        "private_dim": private_dim,
+    }
+    model = registry.build(
+        registry.model_spec(node), registry.embedding_spec(cfg.embedding), [4, 5]
+    )
+    assert (model.cvr_embedding is None) == share and len(model.private) == (
+        2 if private_dim else 0
+    )
 
 
 def test_old_label_key_says_which_task_it_means(tmp_path, caplog):

@@ -10,12 +10,14 @@ import yaml
 from cvr.tracking.funnel_report import acceptance, load_study_runs, summarize, write_report
 
 
-def make_run(root, name, task, seed, cvr_auc_all, cvr_auc_clicked, share=True, bias=0.8):
+def make_run(
+    root, name, task, seed, cvr_auc_all, cvr_auc_clicked, share=True, bias=0.8, private_dim=4
+):
     folder = root / name
     (folder / ".hydra").mkdir(parents=True)
     cfg = {
         "task": {"name": task},
-        "esmm": {"share_embedding": share},
+        "esmm": {"share_embedding": share, "private_dim": private_dim},
         "model": {"_target_": "cvr.models.ctr.FFM"},
         "data": {"name": "synthetic", "funnel_correlation": bias, "rows_train": 1000},
         "seed": seed,
@@ -35,12 +37,14 @@ def test_summary_and_verdicts(tmp_path):
     for seed, (esmm, naive) in enumerate([(0.62, 0.60), (0.63, 0.61), (0.61, 0.605)]):
         make_run(tmp_path, f"esmm{seed}", "esmm", seed, esmm, 0.60 + seed * 0.001)
         make_run(tmp_path, f"cvr{seed}", "cvr", seed, naive, 0.60)
-    make_run(tmp_path, "noshare", "esmm", 0, 0.5, 0.5, share=False)
+    make_run(tmp_path, "noshare", "esmm", 0, 0.5, 0.5, share=False, private_dim=0)
+    make_run(tmp_path, "shared", "esmm", 0, 0.55, 0.55, private_dim=0)
     (tmp_path / "not_a_run").mkdir()  # ignored: no metrics.json
     make_run(tmp_path, "legacy", "ctr", 0, 0.5, 0.5)
     (tmp_path / "legacy" / ".hydra" / "config.yaml").write_text(yaml.safe_dump({"seed": 0}))
     runs = load_study_runs([tmp_path])
-    assert sorted(runs["arm"].unique()) == ["ESMM", "ESMM (no sharing)", "naive CVR"]
+    arms = ["ESMM", "ESMM (fully shared)", "ESMM (no sharing)", "naive CVR"]
+    assert sorted(runs["arm"].unique()) == arms
     table = summarize(runs).set_index("arm")
     assert table.loc["ESMM", "seeds"] == 3
     assert table.loc["ESMM", "cvr_auc_all"] == pytest.approx(0.62)

@@ -57,11 +57,13 @@ def model_node(cfg: DictConfig) -> dict[str, Any]:
         return model
     tower = registry.model_spec(model).name  # a config names its model by _target_ or name
     esmm = cfg.get("esmm") or {}
+    share = esmm.get("share_embedding", True)
     return {
         "name": "esmm",
         "tower": tower,
-        "share_embedding": esmm.get("share_embedding", True),
-        "private_dim": esmm.get("private_dim", 0),
+        "share_embedding": share,
+        # Without a shared table each tower's table is all its own: nothing to add beside it.
+        "private_dim": esmm.get("private_dim", 0) if share else 0,
     }
 
 

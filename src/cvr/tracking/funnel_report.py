@@ -32,13 +32,16 @@ METRICS = (
     "oracle_cvr_auc_clicked",
     "oracle_ctcvr_auc",
 )
-ARMS = ("naive CVR", "CTCVR", "ESMM", "ESMM (no sharing)")
+ARMS = ("naive CVR", "CTCVR", "ESMM", "ESMM (fully shared)", "ESMM (no sharing)")
 
 
-def _arm(task: str, share: bool) -> str:
-    return {"cvr": "naive CVR", "ctcvr": "CTCVR", "ctr": "CTR"}.get(
-        task, "ESMM" if share else "ESMM (no sharing)"
-    )
+def _arm(task: str, esmm: dict) -> str:
+    """ESMM is task=esmm's default (shared table + private factors per tower)."""
+    if task != "esmm":
+        return {"cvr": "naive CVR", "ctcvr": "CTCVR", "ctr": "CTR"}.get(task, task)
+    if not esmm.get("share_embedding", True):
+        return "ESMM (no sharing)"
+    return "ESMM" if esmm.get("private_dim", 0) else "ESMM (fully shared)"
 
 
 def _tower(model: dict) -> str:
@@ -59,7 +62,7 @@ def read_run(folder: Path) -> dict | None:
     data = cfg.get("data", {})
     row = {
         "folder": str(folder),
-        "arm": _arm(task, bool((cfg.get("esmm") or {}).get("share_embedding", True))),
+        "arm": _arm(task, cfg.get("esmm") or {}),
         "tower": _tower(cfg.get("model", {})),
         "bias": data.get("funnel_correlation"),
         "dataset": data.get("name", "?"),
