@@ -17,10 +17,10 @@ their trailing empty columns stripped as in the real train.txt) and cached under
   file), into an empty cache.
 
 Figures: rows/s (median over rounds, spread min..max), rows per CPU-second (user + sys of all
-threads: less sensitive to a loaded machine than wall time), peak RSS of the process (VmHWM), the
-ratio build/bare (our passes over the file: 1, so this is also the per-pass ratio), and the
-1-minute load average when each run started (the machine is shared). Prints a table and writes
-the same as JSON.
+threads: less sensitive to a loaded machine than wall time; the table shows CPU-us per row), peak
+RSS of the process (VmHWM), the ratios build/bare by wall time and by CPU time (our passes over
+the file: 1, so these are also the per-pass ratios), and the 1-minute load average when each run
+started (the machine is shared). Prints a table and writes the same as JSON, with the commit.
 """
 
 from __future__ import annotations
@@ -228,17 +228,21 @@ def main() -> None:
                     "bare": bare,
                     "build": build,
                     "build_over_bare": build["rows_per_s"] / bare["rows_per_s"],
+                    "build_over_bare_cpu": build["rows_per_cpu_s"] / bare["rows_per_cpu_s"],
                     "build_passes": 1,
                 }
             )
     print(
         f"\n{'rows':>10} {'input':<6}{'bare rows/s':>14}{'build rows/s':>14}{'build/bare':>11}"
+        f"{'bare us/row':>12}{'build us/row':>13}{'cpu ratio':>10}"
         f"{'bare MiB':>10}{'build MiB':>10}  load"
     )
     for r in results:
         print(
             f"{r['rows']:>10,} {r['encoding']:<6}{r['bare']['rows_per_s']:>14,.0f}"
             f"{r['build']['rows_per_s']:>14,.0f}{r['build_over_bare']:>11.2f}"
+            f"{1e6 / r['bare']['rows_per_cpu_s']:>12.2f}{1e6 / r['build']['rows_per_cpu_s']:>13.2f}"
+            f"{r['build_over_bare_cpu']:>10.2f}"
             f"{r['bare']['peak_rss_mib']:>10,.0f}{r['build']['peak_rss_mib']:>10,.0f}"
             f"  {max(r['bare']['loadavg_1m'] + r['build']['loadavg_1m']):.2f}"
         )
@@ -250,8 +254,12 @@ def main() -> None:
     }
     if rss_growth:
         print("peak RSS 8M / 2M:", {k: round(v, 3) for k, v in rss_growth.items()})
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT
+    ).stdout.strip()
     report = {
         "benchmark": "data",
+        "commit": commit,
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
         "rounds": args.rounds,
         "results": results,
