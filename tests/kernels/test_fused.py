@@ -368,3 +368,18 @@ def test_rejects_unsupported_models(model):
         FusedTrainer(model)
     with pytest.raises(TypeError):
         fused_logits(model, random_ids(CARDS, 2))
+
+
+@pytest.mark.parametrize(("ahead", "write"), [(0, False), (2, False), (1, True)])
+def test_prefetch_settings_are_hints_only(ahead, write):
+    """How far ahead, and whether for writing, rows are prefetched changes no bit of training."""
+    cards, ids, labels = make_learnable_problem(rows=600, fields=6, card=30, seed=4)
+    models = []
+    for setting in ((1, False), (ahead, write)):
+        model = random_model(FFM, cards=cards, seed=2, scale=0.1)
+        trainer = FusedTrainer(model, lr=0.05, initial_accumulator_value=1.0)
+        trainer.prefetch_ahead, trainer.prefetch_write = setting
+        trainer.train_batch(ids, labels)
+        models.append(model)
+    for p, q in zip(models[0].parameters(), models[1].parameters(), strict=True):
+        assert torch.equal(p.detach(), q.detach())

@@ -43,6 +43,8 @@ from cvr.kernels.fused import (
     njit,
     prefetch,
     prefetch_span,
+    prefetch_span_write,
+    prefetch_write,
     sigmoid,
 )
 from cvr.models.ctr import FFM
@@ -129,6 +131,18 @@ def _prefetch_row(ids, e, i, offsets, fk, V, w, GV, Gw, accumulators):
 
 
 @njit()
+def _prefetch_row_write(ids, e, i, offsets, fk, V, w, GV, Gw, accumulators):
+    """_prefetch_row for rows about to be updated: write-intent prefetches (PREFETCHW), so a
+    line another Hogwild thread holds is fetched once, already writable."""
+    row = U64(offsets[i] + ids[e, i])
+    prefetch_write(w, row)
+    prefetch_span_write(V, row * fk, fk)
+    if accumulators:
+        prefetch_write(Gw, row)
+        prefetch_span_write(GV, row * fk, fk)
+
+
+@njit()
 def _logit(ids, e, nxt, offsets, V, Vw, w, b, ft, kt, XT, XTw, rows, full):
     """Logit of example e (float64); leaves rows and the partner block XT in the scratch.
 
@@ -148,8 +162,9 @@ def _logit(ids, e, nxt, offsets, V, Vw, w, b, ft, kt, XT, XTw, rows, full):
 
 @njit()
 def _train_example(
-    ids, e, nxt, y, offsets, V, Vw, w, b, GV, Gw, Gb, ft, kt, opt, lr, eps, wd, XT, XTw, rows
-):
+    ids, e, nxt, y, offsets, V, Vw, w, b, GV, Gw, Gb, ft, kt, opt, lr, eps, wd, XT, XTw, rows,
+    write_intent,
+):  # fmt: skip
     """Score example e, then update its V rows, linear weights and the bias in place.
 
     Returns its log-loss from the pre-update logit. Every gradient uses pre-update values: each
@@ -168,7 +183,10 @@ def _train_example(
     fk = nf * U64(len(kt))
     for i in range(nf):
         if nxt >= 0:
-            _prefetch_row(ids, nxt, i, offsets, fk, V, w, GV, Gw, opt != SGD)
+            if write_intent:
+                _prefetch_row_write(ids, nxt, i, offsets, fk, V, w, GV, Gw, opt != SGD)
+            else:
+                _prefetch_row(ids, nxt, i, offsets, fk, V, w, GV, Gw, opt != SGD)
         base = rows[i] * fk
         x = i * fk
         if opt == ADAGRAD_RSQRT:
@@ -193,11 +211,13 @@ def _train_example(
 
 @njit()
 def ffm_train(
-    ids, labels, offsets, cards, V, Vw, w, b, GV, Gw, Gb, ft, kt, opt, lr, eps, wd, XT, XTw, rows
-):
+    ids, labels, offsets, cards, V, Vw, w, b, GV, Gw, Gb, ft, kt, opt, lr, eps, wd, XT, XTw, rows,
+    ahead, write_intent,
+):  # fmt: skip
     """Train on the examples strictly in order. Returns (sum of losses, bad id index or -1).
 
-    Hogwild runs this on several threads at once over disjoint pieces of a batch (nogil).
+    Example e prefetches the rows of example e + `ahead` (0: no prefetch). Hogwild runs this on
+    several threads at once over disjoint pieces of a batch (nogil).
     """
     bad = first_bad_id(ids, cards)
     if bad >= 0:
@@ -205,9 +225,10 @@ def ffm_train(
     total = 0.0
     n = ids.shape[0]
     for e in range(n):
+        nxt = e + ahead if ahead > 0 and e + ahead < n else -1
         total += _train_example(
-            ids, e, e + 1 if e + 1 < n else -1, labels[e], offsets, V, Vw, w, b, GV, Gw, Gb,
-            ft, kt, opt, lr, eps, wd, XT, XTw, rows,
+            ids, e, nxt, labels[e], offsets, V, Vw, w, b, GV, Gw, Gb,
+            ft, kt, opt, lr, eps, wd, XT, XTw, rows, write_intent,
         )  # fmt: skip
     return total, -1
 
@@ -243,6 +264,10 @@ class FusedFFMTrainer(FusedTrainerBase):
 
     model_type = FFM
     chunk_rows = 256  # ~1.5 ms of work per piece on Criteo-size rows
+    #: Examples ahead whose rows each example prefetches while it updates its own (0: none).
+    prefetch_ahead = 1
+    #: Prefetch the next example's rows for writing (PREFETCHW) rather than for reading.
+    prefetch_write = False
 
     def new_scratch(self, parts: int) -> list[Scratch]:
         return [Scratch(self.num_fields, self.dim) for _ in range(parts)]
@@ -253,7 +278,8 @@ class FusedFFMTrainer(FusedTrainerBase):
             ids, labels, self.offsets, self.cardinalities, V, V.view(word_view(self.dim)[0]),
             params["linear.weight"], params["bias"], accums[0], accums[1], accums[2],
             dim_token(self.num_fields), dim_token(self.dim), self.kernel_opt, self.lr, self.eps,
-            self.weight_decay, scratch.XT, scratch.XTw, scratch.rows,
+            self.weight_decay, scratch.XT, scratch.XTw, scratch.rows, self.prefetch_ahead,
+            self.prefetch_write,
         )  # fmt: skip
 
 

@@ -89,8 +89,9 @@ def adagrad_rsqrt_span(V, GV, XT, base, x, n, kap, wd, lr):
         V[base + m] = v - lr * g / np.sqrt(s)
 
 
-def _make_prefetch():
-    """An intrinsic `prefetch(array, index)`: a hint to pull array[index]'s cache line into L1.
+def _make_prefetch(write: bool = False):
+    """An intrinsic `prefetch(array, index)`: a hint to pull array[index]'s cache line into L1
+    (with `write`, in a state that can be written without asking other cores again: PREFETCHW).
 
     Training and scoring are memory-bound on the long tail of a Criteo-size table (each cold FFM
     row is ~10 cache lines in V and 10 more in the accumulators); prefetching the next example's
@@ -120,8 +121,8 @@ def _make_prefetch():
                     name = "llvm.prefetch.p0i8"
                 fnty = ir.FunctionType(ir.VoidType(), [ptr.type, i32, i32, i32])
                 fn = cgutils.get_or_insert_function(builder.module, fnty, name)
-                # (address, read, highest temporal locality, data cache)
-                builder.call(fn, [ptr, i32(0), i32(3), i32(1)])
+                # (address, read or write, highest temporal locality, data cache)
+                builder.call(fn, [ptr, i32(int(write)), i32(3), i32(1)])
                 return context.get_dummy_value()
 
             return types.void(array, index), codegen
@@ -138,8 +139,9 @@ def _make_prefetch():
 
 if numba is not None:
     prefetch, PREFETCH_NOTE = _make_prefetch()
+    prefetch_write, _ = _make_prefetch(write=True)
 else:  # pragma: no cover
-    prefetch, PREFETCH_NOTE = None, "numba missing"
+    prefetch, prefetch_write, PREFETCH_NOTE = None, None, "numba missing"
 
 
 @njit()
@@ -148,6 +150,14 @@ def prefetch_span(array: np.ndarray, start: int, length: int) -> None:
     for m in range(start, start + length, np.uint64(16)):
         prefetch(array, m)
     prefetch(array, start + length - np.uint64(1))
+
+
+@njit()
+def prefetch_span_write(array: np.ndarray, start: int, length: int) -> None:
+    """prefetch_span for lines about to be written (PREFETCHW)."""
+    for m in range(start, start + length, np.uint64(16)):
+        prefetch_write(array, m)
+    prefetch_write(array, start + length - np.uint64(1))
 
 
 def dim_token(n: int) -> tuple[int, ...]:
