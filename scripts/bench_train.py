@@ -314,7 +314,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     )
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
     parser.add_argument("--k", type=int, default=4)
-    parser.add_argument("--fused-lr", type=float, default=0.03, help="as conf/optimizer/adagrad")
+    parser.add_argument("--fused-lr", type=float, default=0.02, help="as conf/optimizer/adagrad")
     parser.add_argument("--fused-init-acc", type=float, default=1.0, help="AdaGrad initial sum")
     parser.add_argument("--fused-wd", type=float, default=0.0, help="as optimizer.fused")
     parser.add_argument("--autograd-lr", type=float, default=0.01)
