@@ -164,13 +164,12 @@ def get_costs(uri: str, reps: int, seed: int = 0) -> dict[str, dict[str, float]]
     return out
 
 
-def cache_curve(counts: np.ndarray, requests: np.ndarray, offsets: np.ndarray) -> dict[str, Any]:
-    """Exact hit shares of a cache holding the n hottest rows by training count, per size.
+def cache_curve(order: np.ndarray, counts: np.ndarray, requests: np.ndarray, offsets: np.ndarray):
+    """Exact hit shares of a cache holding the first n rows of `order` (global ids), per size.
 
     A batch-1 request is served without the database iff its coldest id is among them.
     """
     n_rows = len(counts)
-    order = np.argsort(-counts, kind="stable")
     rank = np.empty(n_rows, dtype=np.int64)
     rank[order] = np.arange(n_rows)
     ranks = rank[requests.astype(np.int64) + offsets]
@@ -409,8 +408,10 @@ def main(argv: list[str] | None = None) -> int:
     warmup = store.ids("val")[: args.warmup_rows]
     np.save(files["warmup"], np.ascontiguousarray(warmup, dtype=np.int32))
     counts = feature_counts(store.ids("train"), cards)  # the training frequency of every row
-    np.save(files["hot_ids"], hot_ids_by_count(counts))
-    curve = cache_curve(counts, requests, offsets)
+    hot_ids = hot_ids_by_count(counts, cards)
+    np.save(files["hot_ids"], hot_ids)
+    curve = cache_curve(hot_ids, counts, requests, offsets)
+    curve_by_count = cache_curve(np.argsort(-counts, kind="stable"), counts, requests, offsets)
     print(f"table: {num_rows:,} rows x {vector_dim} floats + linear = {table_bytes / 2**20:.0f} MB")
 
     lite = work / "vectors.db"  # for the arms with Lite inside the serving process
@@ -473,19 +474,24 @@ def main(argv: list[str] | None = None) -> int:
     for where, g in gets.items():
         cells = ", ".join(f"{k}: {v['p50_us']:.0f} / {v['p99_us']:.0f}" for k, v in g.items())
         print(f"  {where:<18}{cells}")
-    print("\nhottest-rows cache (by training count): share of table -> id hit, b1 served whole:")
-    for pt in curve["points"]:
+    print(
+        "\nhottest-rows cache: share of table -> id hit, b1 requests served whole "
+        "(OOV rows first, then by training count | by training count only):"
+    )
+    for pt, pc in zip(curve["points"], curve_by_count["points"], strict=True):
         print(
             f"  {pt['share']:>5.0%}  {pt['id_hit_rate']:.4f}  "
-            f"{pt['requests_served_from_cache']:.4f}"
+            f"{pt['requests_served_from_cache']:.4f}  |  {pc['id_hit_rate']:.4f}  "
+            f"{pc['requests_served_from_cache']:.4f}"
         )
-    print(f"  table share needed: {curve['share_for']}")
+    print(f"  table share needed: {curve['share_for']} | {curve_by_count['share_for']}")
     result = {
         "table": {"rows": num_rows, "vector_dim": vector_dim, "bytes": table_bytes},
         "store": str(store.path),
         "publish": publishes,
         "get_costs": gets,
         "cache_curve": curve,
+        "cache_curve_by_count_only": curve_by_count,
         "arms": arms,
         "runs": runs,
         "lite_server_peak_rss_mb": store_peak_rss_mb,

@@ -23,7 +23,7 @@ def test_predictions_from_lite_in_its_own_process_equal_in_process(tmp_path, lit
     ids = np.asarray(store.ids("test"))[:300]
     local = Predictor.load(bundle).predict_ids(ids)
     counts = feature_counts(store.ids("train"), store.cardinalities)
-    hot = hot_ids_by_count(counts)
+    hot = hot_ids_by_count(counts, store.cardinalities)
     with LiteServer(lite_uri) as server:
         assert server.uri.startswith("http://127.0.0.1:") and server.running
         # While the server owns the directory, this process cannot open it as Lite.
@@ -36,6 +36,13 @@ def test_predictions_from_lite_in_its_own_process_equal_in_process(tmp_path, lit
                 bundle, embeddings=server.uri, cache_bytes=cache_bytes, hot_ids=hot_ids
             )
             np.testing.assert_allclose(remote.predict_ids(ids), local, rtol=0, atol=1e-6)
+        # A batch larger than a forward chunk is looked up once (its unique ids) and scored in
+        # chunks, equal to scoring it whole in process.
+        chunked = Predictor.load(bundle, embeddings=server.uri)
+        np.testing.assert_allclose(chunked.predict_ids(ids), local, rtol=0, atol=1e-6)
+        offsets = np.concatenate([[0], np.cumsum(store.cardinalities)[:-1]])
+        unique = len(np.unique(ids.astype(np.int64) + offsets))
+        assert (chunked.store_tables.fetches, chunked.store_tables.fetched_rows) == (1, unique)
         # A cache big enough for the whole table holds every row: no fetch after warming.
         before = remote.store_tables.fetches
         remote.predict_ids(ids)
@@ -102,4 +109,5 @@ def test_hot_ids_are_global_ids_by_descending_training_count():
     ids = np.array([[0, 1], [0, 2], [1, 2], [0, 2]])  # two fields of cardinality 2 and 3
     counts = feature_counts(ids, [2, 3], chunk_rows=3)
     np.testing.assert_array_equal(counts, [3, 1, 0, 1, 3])
-    np.testing.assert_array_equal(hot_ids_by_count(counts), [0, 4, 1, 3, 2])
+    # Each field's local id 0 (where unseen values go) first, then by count, ties by id.
+    np.testing.assert_array_equal(hot_ids_by_count(counts, [2, 3]), [0, 2, 4, 1, 3])

@@ -51,6 +51,8 @@ _REPR.maxstring = _REPR.maxother = 60  # values in messages are cut to a readabl
 #: Lists at least this long are encoded as one frame (below, a record at a time is faster).
 _VECTORIZE_FROM = 64
 _EXACT_FLOAT_INT = 2**53
+#: Rows per forward pass when the tables come from a vector store (see `logits`).
+_STORE_CHUNK = 256
 
 Records = Mapping[str, Any] | Sequence[Mapping[str, Any]] | pd.DataFrame | str | os.PathLike
 
@@ -98,9 +100,7 @@ class Predictor:
 
         # The tables come from the store: the bundle's are never materialised in this process.
         bundle = load_bundle(bundle_dir, verify=verify, tables=False)
-        tables = attach_store_tables(
-            bundle, embeddings, cache_bytes=cache_bytes, hot_ids=hot_ids
-        )
+        tables = attach_store_tables(bundle, embeddings, cache_bytes=cache_bytes, hot_ids=hot_ids)
         predictor = cls(bundle, backend="torch")  # the model's forward over the fetched rows
         predictor.store_tables = tables
         return predictor
@@ -148,6 +148,15 @@ class Predictor:
             self._check_ids(ids)
         if len(ids) == 0:
             return np.zeros(0, dtype=np.float32)
+        if self.store_tables is not None and len(ids) > _STORE_CHUNK:
+            # One lookup of the batch's rows, then the forward pass in chunks: its (B, F, F*k)
+            # gathers stay small (the fused kernels need no chunks: they never build them).
+            with self.store_tables.prefetched(ids):
+                parts = [
+                    self._scorer.logits(torch.from_numpy(ids[lo : lo + _STORE_CHUNK])).numpy()
+                    for lo in range(0, len(ids), _STORE_CHUNK)
+                ]
+            return np.concatenate(parts)
         return self._scorer.logits(torch.from_numpy(ids)).numpy()
 
     def _check_ids(self, ids: np.ndarray) -> None:

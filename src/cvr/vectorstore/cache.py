@@ -129,10 +129,12 @@ class HotRowCache:
         """Hold these rows (unique ids, at most `capacity_rows`), replacing what was held."""
         if len(ids) > self.capacity_rows:
             raise ValueError(f"{len(ids)} rows do not fit in {self.capacity_rows} cache rows")
-        order = np.argsort(ids, kind="stable")
-        self.ids = np.ascontiguousarray(ids[order], dtype=np.int64)
-        self.vectors = np.ascontiguousarray(vectors[order], dtype=np.float32)
-        self.linear = np.ascontiguousarray(linear[order], dtype=np.float32)
+        if len(ids) > 1 and not np.all(np.diff(ids) > 0):  # sorted already: no copies
+            order = np.argsort(ids, kind="stable")
+            ids, vectors, linear = ids[order], vectors[order], linear[order]
+        self.ids = np.ascontiguousarray(ids, dtype=np.int64)
+        self.vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        self.linear = np.ascontiguousarray(linear, dtype=np.float32)
 
     def lookup(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Unique int64 ids (U,) -> (hit bool (U,), vectors (H, D), linear (H,)) of the hits."""

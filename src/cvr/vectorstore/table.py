@@ -13,6 +13,7 @@ id, never a zero.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from pathlib import Path
@@ -60,21 +61,37 @@ class StoreTables:
         self.fetched_rows = 0
         self.fetch_s = 0.0  # wall time inside the database's `get` (where the store costs)
         self._batch: tuple[torch.Tensor, np.ndarray, np.ndarray, np.ndarray] | None = None
+        self._prefetch: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
         if hot_ids is not None:
             self.warm(hot_ids)
 
     def warm(self, hot_ids: np.ndarray, batch_rows: int = 4096) -> int:
         """Fill the hot-row cache with the first rows of `hot_ids` (global ids, hottest first)
-        that fit, fetched in batches; returns the rows held."""
-        hot = np.asarray(hot_ids, dtype=np.int64)[: self.cache.capacity_rows]
-        if len(np.unique(hot)) != len(hot):
+        that fit, fetched in batches straight into the cache's arrays; returns the rows held."""
+        hot = np.sort(np.asarray(hot_ids, dtype=np.int64)[: self.cache.capacity_rows])
+        if np.any(np.diff(hot) == 0):
             raise ValueError("hot_ids: expected unique global feature ids")
-        parts = [self._fetch(hot[lo : lo + batch_rows]) for lo in range(0, len(hot), batch_rows)]
-        if parts:
-            self.cache.fill(
-                hot, np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+        vectors = np.empty((len(hot), self.vector_dim), dtype=np.float32)
+        linear = np.empty(len(hot), dtype=np.float32)
+        for lo in range(0, len(hot), batch_rows):
+            vectors[lo : lo + batch_rows], linear[lo : lo + batch_rows] = self._fetch(
+                hot[lo : lo + batch_rows]
             )
+        self.cache.fill(hot, vectors, linear)
         return len(hot)
+
+    @contextlib.contextmanager
+    def prefetched(self, ids: np.ndarray):
+        """Within the block, forward passes over any rows of field-local ids int (n, F) read
+        the rows fetched here once (cache first, then the store), so a large batch can be
+        scored in chunks (bounded memory) at the cost of one batch's lookups."""
+        unique = np.unique(np.asarray(ids, dtype=np.int64) + self.offsets)
+        vectors, linear = self.rows(unique)
+        self._prefetch = (unique, vectors, linear)
+        try:
+            yield
+        finally:
+            self._prefetch = None
 
     def rows(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Unique int64 global ids (U,) -> (vectors float32 (U, D), linear float32 (U,))."""
@@ -136,8 +153,12 @@ class StoreTables:
         """
         if self._batch is None or self._batch[0] is not ids:
             global_ids = ids.numpy().astype(np.int64) + self.offsets
-            unique, inverse = np.unique(global_ids, return_inverse=True)
-            vectors, linear = self.rows(unique)
+            if self._prefetch is not None:
+                unique, vectors, linear = self._prefetch
+                inverse = np.searchsorted(unique, global_ids)
+            else:
+                unique, inverse = np.unique(global_ids, return_inverse=True)
+                vectors, linear = self.rows(unique)
             self._batch = (ids, inverse.reshape(global_ids.shape), vectors, linear)
         _, inverse, vectors, linear = self._batch
         if column == "vector":
@@ -187,9 +208,18 @@ def feature_counts(ids: np.ndarray, cardinalities: list[int], chunk_rows: int = 
     return counts
 
 
-def hot_ids_by_count(counts: np.ndarray) -> np.ndarray:
-    """Global ids, most frequent first (ties by id): the order a hot-row cache fills in."""
-    return np.argsort(-np.asarray(counts), kind="stable").astype(np.int64)
+def hot_ids_by_count(counts: np.ndarray, cardinalities: list[int]) -> np.ndarray:
+    """Global ids in the order a hot-row cache fills: each field's local id 0 first, then the
+    rest by descending training count (ties by id).
+
+    Local id 0 is where serving sends every value unseen in training (and missing values), so
+    it is hot at serving time whatever its training count (often 0 when min_count is 1).
+    """
+    counts = np.asarray(counts)
+    cards = np.asarray(cardinalities, dtype=np.int64)
+    unseen = np.zeros(len(counts), dtype=bool)
+    unseen[np.concatenate([[0], np.cumsum(cards)[:-1]])] = True
+    return np.lexsort((-counts, ~unseen)).astype(np.int64)
 
 
 def open_store_tables(
