@@ -10,6 +10,10 @@ functions that never become garbage.
 - `imports_without_gc()`: the collector is off while the block imports, then everything alive is
   moved to the permanent generation (`gc.freeze`), which later collections skip; collection of
   what the run itself allocates is unchanged.
+- `late_imports()`: the same around a heavy import a run makes on first use (mlflow and its
+  SQLAlchemy store, the pyfunc flavour), but only in a process whose entry point chose this with
+  `imports_without_gc()`; elsewhere (tests, a notebook calling `train()`) it changes nothing, so a
+  library call never freezes its caller's objects.
 - `freeze_before_exit()`: the same for what the run imported later, so interpreter teardown does
   not walk it again. Reference counting still frees memory as usual; only cycles among frozen
   objects are never collected, and the process is about to end.
@@ -21,10 +25,15 @@ import contextlib
 import gc
 from collections.abc import Iterator
 
+#: Set by `imports_without_gc`: this process's entry point manages the collector at start-up.
+_ENTRY_POINT_CHOSE = False
+
 
 @contextlib.contextmanager
 def imports_without_gc() -> Iterator[None]:
     """No cyclic collection while the block runs; what it created is frozen afterwards."""
+    global _ENTRY_POINT_CHOSE
+    _ENTRY_POINT_CHOSE = True
     was_enabled = gc.isenabled()
     gc.disable()
     try:
@@ -33,6 +42,16 @@ def imports_without_gc() -> Iterator[None]:
         gc.freeze()
         if was_enabled:
             gc.enable()
+
+
+@contextlib.contextmanager
+def late_imports() -> Iterator[None]:
+    """`imports_without_gc()` if the entry point chose it, else nothing (see the docstring)."""
+    if not _ENTRY_POINT_CHOSE:
+        yield
+        return
+    with imports_without_gc():
+        yield
 
 
 def freeze_before_exit() -> None:

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from cvr.startup import late_imports
 from cvr.tracking.store import ensure_store
 from cvr.tracking.ui_view import view_tag
 
@@ -56,10 +57,11 @@ _PATH_VALUE = re.compile(r"^(/|~|[a-zA-Z][a-zA-Z0-9+.-]*:///?)")
 
 def _mlflow():
     """The mlflow module, imported on first use (see the module docstring)."""
-    import mlflow
-    import mlflow.entities
-    import mlflow.exceptions
-    import mlflow.utils.time
+    with late_imports():  # ~300k objects (cvr.startup)
+        import mlflow
+        import mlflow.entities
+        import mlflow.exceptions
+        import mlflow.utils.time
 
     return mlflow
 
