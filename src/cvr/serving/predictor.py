@@ -52,7 +52,7 @@ _REPR.maxstring = _REPR.maxother = 60  # values in messages are cut to a readabl
 _VECTORIZE_FROM = 64
 _EXACT_FLOAT_INT = 2**53
 #: Rows per forward pass when the tables come from a vector store (see `logits`).
-_STORE_CHUNK = 256
+_STORE_CHUNK = 128
 
 Records = Mapping[str, Any] | Sequence[Mapping[str, Any]] | pd.DataFrame | str | os.PathLike
 

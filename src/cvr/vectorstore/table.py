@@ -32,7 +32,7 @@ from cvr.vectorstore.versions import default_alias
 
 log = logging.getLogger(__name__)
 
-FETCH_CHUNK = 2048  # ids per `get`
+FETCH_CHUNK = 512  # ids per `get`
 
 
 class StoreTables:
