@@ -9,8 +9,17 @@ Arms: this checkout, and optionally another checkout of the project (`--before`,
 
 - `python -X importtime -c "import cvr.pipelines.train"`: total, and the self time summed per
   top-level package (torch, lightning, mlflow, ...), so the table says where import time goes;
+- `python -c "import train"` (the entry point's own imports, with its garbage-collector
+  settings): wall and CPU seconds;
 - `python train.py` on 5,000 synthetic rows (1,000 val / 1,000 test), with the default MLflow
-  logger and with `logger=none`: wall seconds end to end, process start to exit.
+  logger and with `logger=none`: wall seconds end to end, process start to exit, and CPU;
+- with `--phases`, one more default run under `scripts/startup_phases.py`: wall seconds per
+  phase (imports, Hydra, MLflow start, numba kernels, fit with its checkpoints and profile,
+  test, bundle export, model logging, plots, interpreter exit).
+
+After the arms, each repeat also times the floor no checkout can go below while it trains with
+Lightning: `import torch, lightning` in a bare interpreter with the collector off, and the same
+plus `mlflow` and its SQLAlchemy store (what a run that logs to SQLite must import).
 
 Each arm first makes one untimed run (it builds the store, creates the MLflow database and loads
 or compiles the numba cache); the timed runs reuse that output root, as a user's second run does.
@@ -72,6 +81,74 @@ def import_breakdown(root: Path) -> dict[str, float]:
     return {"total": total, **dict(groups)}
 
 
+FLOORS = {
+    "floor: import torch, lightning (GC off)": "import torch, lightning",
+    "floor: + mlflow + its SQLite store": (
+        "import torch, lightning, mlflow, mlflow.store.tracking.sqlalchemy_store"
+    ),
+}
+
+
+#: Phases of scripts/startup_phases.py in run order (indented: part of the row above).
+PHASE_ORDER = (
+    "imports + Hydra start",
+    "Hydra composition",
+    "MLflow run start (import, store, params)",
+    "MLflow dataset + tags",
+    "Trainer construction",
+    "backend + numba kernels",
+    "fit",
+    "  checkpoints",
+    "  efficiency profile",
+    "test",
+    "bundle export",
+    "fit_and_test",
+    "finish_run (MLflow)",
+    "  log model (pyfunc)",
+    "  plots + summary.md",
+    "interpreter exit",
+    "total",
+)
+
+
+def timed_process(cmd: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, float]:
+    """(wall, CPU) seconds of a child process; raises naming the command if it fails."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.perf_counter()
+    proc = subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True)
+    seconds = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if proc.returncode != 0:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+        raise RuntimeError(f"{cmd[1:3]} failed in {cwd} (rc {proc.returncode}): {tail}")
+    return seconds, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+
+
+def floor(code: str) -> tuple[float, float]:
+    """(wall, CPU) of importing `code`'s packages in a bare interpreter, collector off."""
+    return timed_process([sys.executable, "-c", f"import gc; gc.disable(); {code}"], REPO,
+                         {k: v for k, v in os.environ.items() if k != "PYTHONPATH"})  # fmt: skip
+
+
+def phases_run(root: Path, output_root: Path) -> dict[str, float]:
+    """Wall seconds per phase of one default tiny run (scripts/startup_phases.py), plus the
+    interpreter's exit: from the last Python code to the end of the process."""
+    out = output_root.parent / f"phases-{output_root.name}.json"
+    script = REPO / "scripts" / "startup_phases.py"
+    cmd = [
+        sys.executable,
+        str(script),
+        str(out),
+        "train.py",
+        *TINY,
+        f"paths.output_root={output_root}",
+    ]
+    wall, _ = timed_process(cmd, root, env_for(root))
+    ended = time.time()
+    report = json.loads(out.read_text())
+    return {**report["phases"], "interpreter exit": ended - report["ended"], "total": wall}
+
+
 def tiny_run(root: Path, output_root: Path, logger: str) -> tuple[float, float]:
     """(wall, CPU) seconds of `python train.py` on the tiny data, process start to exit. CPU
     (user + system of the child) is the figure to compare on a loaded machine: wall time there
@@ -100,15 +177,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--before", help="another checkout of the project to compare against")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", help="write the figures here as JSON")
+    parser.add_argument("--phases", action="store_true", help="also time one run per phase")
     args = parser.parse_args(argv)
     arms = {"after": REPO}
     if args.before:
         arms = {"before": Path(args.before).resolve(), **arms}
     loads = [os.getloadavg()[0]]
     results: dict[str, dict[str, Any]] = {
-        arm: {"imports": [], "mlflow": [], "none": [], "mlflow_cpu": [], "none_cpu": []}
+        arm: {"imports": [], "mlflow": [], "none": [], "mlflow_cpu": [], "none_cpu": [],
+              "import_train": [], "import_train_cpu": [], "phases": []}
         for arm in arms
-    }
+    }  # fmt: skip
+    floors: dict[str, list[tuple[float, float]]] = {name: [] for name in FLOORS}
     with tempfile.TemporaryDirectory(prefix="bench-startup-") as tmp:
         for arm, root in arms.items():
             out = Path(tmp) / arm
@@ -118,13 +198,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             for arm, root in arms.items():
                 print(f"repeat {rep + 1}/{args.repeats}: {arm}", file=sys.stderr, flush=True)
                 results[arm]["imports"].append(import_breakdown(root))
+                wall, cpu = timed_process([sys.executable, "-c", "import train"], root,
+                                          env_for(root))  # fmt: skip
+                results[arm]["import_train"].append(wall)
+                results[arm]["import_train_cpu"].append(cpu)
                 for logger in ("mlflow", "none"):
                     wall, cpu = tiny_run(root, Path(tmp) / arm, logger)
                     results[arm][logger].append(wall)
                     results[arm][f"{logger}_cpu"].append(cpu)
+                if args.phases:
+                    results[arm]["phases"].append(phases_run(root, Path(tmp) / arm))
                 loads.append(os.getloadavg()[0])
+            for name, code in FLOORS.items():
+                floors[name].append(floor(code))
     report = {"benchmark": "startup", "arms": {a: str(r) for a, r in arms.items()},
-              "results": results, "loadavg_1m": loads, "cpus": os.cpu_count()}  # fmt: skip
+              "results": results, "floors": floors, "loadavg_1m": loads,
+              "cpus": os.cpu_count()}  # fmt: skip
     print_report(report)
     if args.out:
         path = Path(args.out)
@@ -160,6 +249,8 @@ def print_report(report: dict[str, Any]) -> None:
         f"{'first run (store, MLflow db, numba)':<34}"
         + "".join(f"{res[a]['first_run_mlflow_s']:>22.2f}" for a in arms)
     )
+    row("import train (entry point)", {a: res[a]["import_train"] for a in arms})
+    row("  CPU s", {a: res[a]["import_train_cpu"] for a in arms})
     row("import cvr.pipelines.train", {a: [i["total"] for i in res[a]["imports"]] for a in arms})
     groups = sorted(
         {g for a in arms for i in res[a]["imports"] for g in i if g != "total"},
@@ -167,6 +258,20 @@ def print_report(report: dict[str, Any]) -> None:
     )
     for g in groups:
         row(f"  self time in {g}", {a: [i.get(g, 0.0) for i in res[a]["imports"]] for a in arms})
+    if all(res[a]["phases"] for a in arms):
+        print("\nphases of one default run (wall s; indented rows are part of the row above)")
+        names = set(k for a in arms for p in res[a]["phases"] for k in p)
+        order = [n for n in PHASE_ORDER if n in names] + sorted(names - set(PHASE_ORDER))
+        for name in order:
+            row(f"  {name}"[:34], {a: [p.get(name, 0.0) for p in res[a]["phases"]] for a in arms})
+    floors = report.get("floors") or {}
+    if floors and all(floors.values()):
+        print("\nfloor (same interpreter, no checkout)      wall median (min..max)   CPU median")
+        for name, values in floors.items():
+            walls, cpus = [w for w, _ in values], [c for _, c in values]
+            s = summary(walls)
+            print(f"{name:<42}{s['median']:>6.2f} ({s['min']:.1f}..{s['max']:.1f})"
+                  f"{np.median(cpus):>14.2f}")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -1,0 +1,102 @@
+"""Wall seconds per phase of one `train.py` run, for `bench_startup.py --phases`.
+
+    python scripts/startup_phases.py OUT.json train.py [overrides ...]   (cwd: the checkout)
+
+Runs train.py as `python train.py` would, with timers wrapped around the pipeline's phases as
+their modules are first imported (an import hook, so nothing is imported earlier than train.py
+itself would import it and the run's garbage-collector settings are its own). Phases nest:
+`fit` includes `checkpoints` and `efficiency profile`; `finish_run` includes `log model` and
+`plots`. `imports + Hydra start` is process start to Hydra's first composition; `exit` (process
+teardown after the last Python code) is added by the caller, which sees the process end.
+"""
+
+from __future__ import annotations
+
+import atexit
+import importlib.abc
+import importlib.machinery
+import json
+import runpy
+import sys
+import time
+from collections import defaultdict
+
+STARTED = time.time()
+TOTALS: dict[str, float] = defaultdict(float)
+FIRST: dict[str, float] = {}
+#: module -> [(attribute path, phase)]
+TARGETS = {
+    "hydra._internal.hydra": [("Hydra.compose_config", "Hydra composition")],
+    "cvr.pipelines.train": [
+        ("start_tracking", "MLflow run start (import, store, params)"),
+        ("build_module", "backend + numba kernels"),
+        ("fit_and_test", "fit_and_test"),
+    ],
+    "cvr.tracking.training_run": [
+        ("log_training_data", "MLflow dataset + tags"),
+        ("finish_run", "finish_run (MLflow)"),
+    ],
+    "cvr.tracking.plots": [("log_run_artifacts", "  plots + summary.md")],
+    "cvr.serving.pyfunc": [("log_pyfunc_model", "  log model (pyfunc)")],
+    "cvr.serving.bundle": [("export_from_training", "bundle export")],
+    "cvr.checkpointing": [("AtomicCheckpointIO.save_checkpoint", "  checkpoints")],
+    "cvr.callbacks": [("profile_model", "  efficiency profile")],
+    "lightning.pytorch.trainer.trainer": [
+        ("Trainer.__init__", "Trainer construction"),
+        ("Trainer.fit", "fit"),
+        ("Trainer.test", "test"),
+    ],
+}
+
+
+def timed(fn, phase):
+    def wrapper(*args, **kwargs):
+        start = time.time()
+        FIRST.setdefault(phase, start - STARTED)
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            TOTALS[phase] += time.time() - start
+
+    return wrapper
+
+
+def patch(module) -> None:
+    for path, phase in TARGETS[module.__name__]:
+        owner, _, attr = path.rpartition(".")
+        holder = getattr(module, owner) if owner else module
+        setattr(holder, attr, timed(getattr(holder, attr), phase))
+
+
+class Hook(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name not in TARGETS:
+            return None
+        spec = importlib.machinery.PathFinder.find_spec(name, path)
+        if spec is None or spec.loader is None:
+            return None
+        execute = spec.loader.exec_module
+
+        def exec_module(module):
+            execute(module)
+            patch(module)
+
+        spec.loader.exec_module = exec_module
+        return spec
+
+
+def report(out: str) -> None:
+    phases = dict(TOTALS)
+    if "Hydra composition" in FIRST:
+        phases["imports + Hydra start"] = FIRST["Hydra composition"]
+    with open(out, "w") as f:
+        json.dump({"phases": phases, "started": STARTED, "ended": time.time()}, f)
+
+
+if __name__ == "__main__":
+    out, script, *overrides = sys.argv[1:]
+    sys.meta_path.insert(0, Hook())
+    atexit.register(report, out)
+    sys.argv = [script, *overrides]
+    sys.path.insert(0, ".")
+    runpy.run_path(script, run_name="__main__")
