@@ -138,6 +138,7 @@ class Reader:
                 f"data.schema.labels: {clash} are also field columns; a label cannot be a feature"
             )
         self.time_column = time_column
+        self.nan_missing = False  # numeric columns with NaN, not null, for missing
         self.skipped: dict[str, int] = {}
         self.rows = 0
         self.lines = 0
@@ -246,7 +247,9 @@ class Reader:
         arrays, names = [], []
         for name, value in out.items():
             if isinstance(value, np.ndarray):
-                value = pa.array(value, type=pa.float64(), mask=numeric_masks.get(name))
+                # A store build reads NaN as missing: no validity bitmap to build and undo.
+                mask = None if self.nan_missing else numeric_masks.get(name)
+                value = pa.array(value, type=pa.float64(), mask=mask)
             if keep_idx is not None:
                 value = value.take(keep_idx)
             arrays.append(value.cast(pa.string()) if _is_text(value) else value)

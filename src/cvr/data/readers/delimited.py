@@ -40,8 +40,8 @@ class DelimitedReader(TextReader):
 
     `vocab_tables` ({source column: StringTable}, passed by the store build, not a config key):
     those categorical columns come out as `int32` provisional ids of the table (0 = missing),
-    their bytes looked up where they lie in the line buffer instead of copied into strings, and
-    the cutting runs in a thread of its own.
+    their bytes looked up where they lie in the line buffer instead of copied into strings,
+    numeric columns hold NaN (not null) for missing, and the cutting runs in a thread of its own.
     """
 
     format = "csv"
@@ -62,6 +62,7 @@ class DelimitedReader(TextReader):
     ) -> None:
         super().__init__(path, schema, **kwargs)
         self.vocab_tables = vocab_tables
+        self.nan_missing = vocab_tables is not None
         if (
             not isinstance(delimiter, str)
             or len(delimiter) != 1
