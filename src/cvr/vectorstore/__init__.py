@@ -7,7 +7,8 @@ versions.py    publish to a new versioned collection, verify, move the alias; li
                rollback, prune
 table.py       the tables a Predictor reads from a collection: batched fetch by primary key
                through a hot-row cache bounded in bytes
-cache.py       that cache (set-associative, vectorised)
+cache.py       those caches: LRU (set-associative, vectorised) or the hottest rows, fixed
+lite_server.py Milvus Lite in its own process (a managed server on 127.0.0.1 for a .db path)
 export.py      logical export of a collection to Parquet for snapshots, and its restore
 search.py      item vectors in a collection with an IVF_FLAT/HNSW index, for the retrieval bench
 """

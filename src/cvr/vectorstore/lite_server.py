@@ -28,7 +28,7 @@ from cvr.vectorstore.client import StoreError, check_lite_dir, close
 log = logging.getLogger(__name__)
 
 READY_TIMEOUT_S = 120.0
-STOP_TIMEOUT_S = 15.0
+STOP_TIMEOUT_S = 60.0  # closing a large collection can take Lite tens of seconds
 
 
 def free_port(host: str = "127.0.0.1") -> int:

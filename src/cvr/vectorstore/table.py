@@ -8,7 +8,10 @@ collection), then swaps the model's embedding and linear tables for `FetchedRows
 model's own forward pass runs unchanged: per batch, the unique global ids are looked up in the
 hot-row cache and the misses fetched in one `get` by primary key; both tables read the same
 fetched rows. A feature id the collection lacks is a `StoreError` naming the collection and the
-id, never a zero.
+id, never a zero. With `hot_ids` (global ids hottest first, `hot_ids_by_count` of the training
+counts) the cache is instead a fixed set of the hottest rows that fit, fetched at load. The
+bundle's own tables are never loaded (`load_bundle(tables=False)`): the serving process holds
+only the cache, and with Lite in its own process (`LiteServer`) not the database either.
 """
 
 from __future__ import annotations
