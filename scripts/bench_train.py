@@ -326,7 +326,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
         "--device", help="also train the autograd FFM on this device (cuda): see device_arm"
     )
     parser.add_argument("--device-batch", type=int, default=16384, help="as trainer=gpu")
-    parser.add_argument("--device-lr", type=float, default=0.05, help="as optimizer.default_lr")
+    parser.add_argument("--device-lr", type=float, default=0.01, help="as optimizer.default_lr")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--data", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
