@@ -1,11 +1,13 @@
 """cvr.startup: the entry points' garbage-collector settings around imports and exit."""
 
 import gc
+import sys
+import weakref
 
 import pytest
 
 from cvr import startup
-from cvr.startup import freeze_before_exit, imports_without_gc, late_imports
+from cvr.startup import freeze_before_exit, imports_without_gc, late_import
 
 
 @pytest.fixture(autouse=True)
@@ -50,18 +52,36 @@ def test_freeze_before_exit_moves_live_objects_to_the_permanent_generation():
         gc.unfreeze()
 
 
-def test_late_imports_change_nothing_unless_the_entry_point_chose_it():
+def test_late_import_is_a_plain_import_unless_the_entry_point_chose_it(monkeypatch):
     gc.unfreeze()
+    monkeypatch.delitem(sys.modules, "colorsys", raising=False)
     try:
-        with late_imports():
-            assert gc.isenabled()  # a library caller (test, notebook) keeps its collector
-        assert gc.get_freeze_count() == 0
-        with imports_without_gc():  # what train.py does first
-            pass
-        gc.unfreeze()
-        with late_imports():
-            assert not gc.isenabled()
-            made = [[i] for i in range(100)]
-        assert gc.isenabled() and gc.get_freeze_count() >= len(made)
+        assert late_import("colorsys").__name__ == "colorsys"
+        assert gc.get_freeze_count() == 0  # a library caller's (test, notebook) objects stay
     finally:
         gc.unfreeze()
+
+
+def test_late_import_freezes_only_a_first_import_after_collecting(monkeypatch):
+    with imports_without_gc():  # what train.py does first
+        pass
+    gc.unfreeze()
+    monkeypatch.delitem(sys.modules, "colorsys", raising=False)
+    try:
+        gc.disable()  # so that no automatic collection frees it first
+        pending = weakref.ref(Node())  # garbage in a cycle, not yet collected
+        assert pending() is not None
+        gc.enable()
+        late_import("colorsys")
+        assert pending() is None  # collected before the freeze, not frozen forever
+        assert gc.isenabled() and gc.get_freeze_count() > 0
+        gc.unfreeze()
+        late_import("colorsys")  # already loaded: no collection, nothing frozen
+        assert gc.get_freeze_count() == 0
+    finally:
+        gc.unfreeze()
+
+
+class Node:
+    def __init__(self):
+        self.me = self

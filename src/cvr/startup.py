@@ -10,10 +10,11 @@ functions that never become garbage.
 - `imports_without_gc()`: the collector is off while the block imports, then everything alive is
   moved to the permanent generation (`gc.freeze`), which later collections skip; collection of
   what the run itself allocates is unchanged.
-- `late_imports()`: the same around a heavy import a run makes on first use (mlflow and its
-  SQLAlchemy store, the pyfunc flavour), but only in a process whose entry point chose this with
-  `imports_without_gc()`; elsewhere (tests, a notebook calling `train()`) it changes nothing, so a
-  library call never freezes its caller's objects.
+- `late_import(name)`: `importlib.import_module(name)`, and the first time (the module not yet
+  loaded) the same as above around it, after one collection, so garbage pending then (a previous
+  sweep job's trainer, say) is freed rather than frozen. Only in a process whose entry point
+  chose this with `imports_without_gc()`; elsewhere (tests, a notebook calling `train()`) it is a
+  plain import, so a library call never freezes its caller's objects.
 - `freeze_before_exit()`: the same for what the run imported later, so interpreter teardown does
   not walk it again. Reference counting still frees memory as usual; only cycles among frozen
   objects are never collected, and the process is about to end.
@@ -23,7 +24,10 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import importlib
+import sys
 from collections.abc import Iterator
+from types import ModuleType
 
 #: Set by `imports_without_gc`: this process's entry point manages the collector at start-up.
 _ENTRY_POINT_CHOSE = False
@@ -44,14 +48,13 @@ def imports_without_gc() -> Iterator[None]:
             gc.enable()
 
 
-@contextlib.contextmanager
-def late_imports() -> Iterator[None]:
-    """`imports_without_gc()` if the entry point chose it, else nothing (see the docstring)."""
-    if not _ENTRY_POINT_CHOSE:
-        yield
-        return
+def late_import(name: str) -> ModuleType:
+    """The module `name`, imported the first time as the docstring says."""
+    if name in sys.modules or not _ENTRY_POINT_CHOSE:
+        return importlib.import_module(name)
+    gc.collect()
     with imports_without_gc():
-        yield
+        return importlib.import_module(name)
 
 
 def freeze_before_exit() -> None:

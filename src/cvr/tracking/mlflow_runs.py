@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from cvr.startup import late_imports
+from cvr.startup import late_import
 from cvr.tracking.store import ensure_store
 from cvr.tracking.ui_view import view_tag
 
@@ -57,13 +57,9 @@ _PATH_VALUE = re.compile(r"^(/|~|[a-zA-Z][a-zA-Z0-9+.-]*:///?)")
 
 def _mlflow():
     """The mlflow module, imported on first use (see the module docstring)."""
-    with late_imports():  # ~300k objects (cvr.startup)
-        import mlflow
-        import mlflow.entities
-        import mlflow.exceptions
-        import mlflow.utils.time
-
-    return mlflow
+    for name in ("mlflow.entities", "mlflow.exceptions", "mlflow.utils.time"):
+        late_import(name)  # ~300k objects the first time (cvr.startup)
+    return late_import("mlflow")
 
 
 def client_for(tracking_uri: str) -> MlflowClient:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
-from cvr.startup import late_imports
+from cvr.startup import late_import
 
 log = logging.getLogger(__name__)
 
@@ -71,10 +71,10 @@ def _open_store(tracking_uri: str, path: Path) -> None:
     from mlflow.tracking import MlflowClient
 
     try:
-        # The first query makes MLflow build (tables + migrations) and cache the store; it also
-        # imports MLflow's SQLAlchemy store (sqlalchemy, alembic), hence late_imports.
-        with late_imports():
-            MlflowClient(tracking_uri).search_experiments(max_results=1)
+        # The first query makes MLflow build (tables + migrations) and cache the store, with
+        # MLflow's SQLAlchemy store module (sqlalchemy, alembic): imported first as a late import.
+        late_import("mlflow.store.tracking.sqlalchemy_store")
+        MlflowClient(tracking_uri).search_experiments(max_results=1)
     except Exception as exc:  # MLflow, SQLAlchemy and sqlite3 each raise their own types
         text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         if "disk is full" in text:

@@ -18,7 +18,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from cvr.startup import late_imports
+from cvr.startup import late_import
 from cvr.tracking import mlflow_runs, plots, run_names
 
 log = logging.getLogger(__name__)
@@ -104,8 +104,8 @@ def finish_run(
     summary = summary_metrics(metrics)
     model_id = model_uri = None
     if bundle_dir is not None:
-        with late_imports():  # mlflow.pyfunc and the model flavour machinery (cvr.startup)
-            from cvr.serving.pyfunc import log_pyfunc_model
+        # mlflow.pyfunc and the model flavour machinery: a late import (cvr.startup)
+        log_pyfunc_model = late_import("cvr.serving.pyfunc").log_pyfunc_model
 
         model_name = logged_model_name(name)
         try:
