@@ -35,7 +35,10 @@ bench: setup
 	$(PY) scripts/bench_infer.py --out outputs/bench/infer.json
 	# Store builds vs pyarrow's bare parse at 0.5M and 2M rows (--large adds 8M: ~2.3 GB, minutes).
 	$(PY) scripts/bench_data.py --out outputs/bench/data.json
-	# Serving from Milvus Lite vs in-process tables (publishes ~0.5M rows: ~15 min on 2 busy cores).
+	# A tiny run's start-up: imports, phases, and the torch + Lightning floor.
+	$(PY) scripts/bench_startup.py --phases --out outputs/bench/startup.json
+	# Serving from Milvus vs in-process tables at the Criteo shape (publishes ~0.75M rows: 20-30 min
+	# on 2 busy cores; `--reuse-publish` measures again against the last publish).
 	$(PY) scripts/bench_store.py --repeats 1 --out outputs/bench/store.json
 
 lint: setup
