@@ -15,6 +15,7 @@ so the training pipeline, must not cost a run with `logger=none` mlflow's ~1.5 s
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
@@ -273,5 +274,25 @@ def set_tags(tracking_uri: str, run_id: str, tags: dict[str, str]) -> None:
         client.set_tag(run_id, key, str(value))
 
 
+#: Attempts at recording a run's end while SQLite reports "database is locked".
+END_RUN_ATTEMPTS = 3
+
+
 def end_run(tracking_uri: str, run_id: str, status: str = "FINISHED") -> None:
-    client_for(tracking_uri).set_terminated(run_id, status=status)
+    """Record the run's final status, retrying while the store is temporarily unavailable.
+
+    A SIGTERM raised (as RunKilled) in the middle of one of this process's own MLflow writes can
+    leave that write's connection, reachable only from garbage, holding SQLite's write lock (seen
+    once in CI: KILLED never recorded, "database is locked" after SQLite's 20 s busy timeout).
+    Collecting garbage closes such a connection, and MLflow marks the error as retryable.
+    """
+    mlflow = _mlflow()
+    for attempt in range(1, END_RUN_ATTEMPTS + 1):
+        try:
+            client_for(tracking_uri).set_terminated(run_id, status=status)
+            return
+        except mlflow.exceptions.MlflowException as exc:
+            if exc.error_code != "TEMPORARILY_UNAVAILABLE" or attempt == END_RUN_ATTEMPTS:
+                raise
+            log.warning("recording run %s as %s: %s; retrying", run_id, status, exc.message)
+            gc.collect()
