@@ -23,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from cvr.ops.manifest import write_json_atomic
+
 REPO = Path(__file__).resolve().parents[1]
 FIELDS = ("val/auc", "val/logloss", "test/auc", "train/param_checksum", "eff/train_samples_per_s")
 
@@ -102,9 +104,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.out:
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
-        tmp_out = out.with_name(f".{out.name}.tmp")
-        tmp_out.write_text(json.dumps(report, indent=2))
-        os.replace(tmp_out, out)
+        write_json_atomic(out, report)
     return report
 
 

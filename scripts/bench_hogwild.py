@@ -28,7 +28,6 @@ shared cache), which no partitioning of the rows can fix.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import tempfile
 import threading
@@ -40,6 +39,7 @@ import numpy as np
 
 from cvr.kernels import FusedTrainer
 from cvr.models.ctr import FFM
+from cvr.ops.manifest import write_json_atomic
 
 CASES = ("solo", "hogwild", "hogwild-64k", "pair-shared", "pair-disjoint", "pair-prefetchw")
 BATCH = 4096
@@ -136,9 +136,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.out:
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
-        tmp_out = out.with_name(f".{out.name}.tmp")
-        tmp_out.write_text(json.dumps(report, indent=2))
-        os.replace(tmp_out, out)
+        write_json_atomic(out, report)
     return report
 
 

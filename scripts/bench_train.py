@@ -52,6 +52,7 @@ import numpy as np
 import torch
 
 from cvr.metrics import binary_metrics
+from cvr.ops.manifest import write_json_atomic
 
 SYSTEMS = ("fused-1t", "fused-2t", "libffm-1t", "libffm-2t", "autograd", "pytorch-fm")
 #: Systems run --repeats times, alternating; the rest once.
@@ -402,9 +403,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     if args.out:
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
-        tmp_out = out.with_name(f".{out.name}.tmp")
-        tmp_out.write_text(json.dumps(report, indent=2, default=str))
-        os.replace(tmp_out, out)
+        write_json_atomic(out, report)
     return report
 
 
