@@ -13,12 +13,28 @@ import numpy as np
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)  # Fibonacci hashing: spreads dense ids over the sets
 
 
-class RowCache:
+class _HitCounts:
+    """Lookups and hits of a cache (both caches count the same way: unique ids per batch)."""
+
+    def __init__(self, capacity_bytes: int) -> None:
+        if capacity_bytes < 0:
+            raise ValueError(f"cache_bytes must be >= 0, got {capacity_bytes}")
+        self.lookups = 0
+        self.hits = 0
+
+    @property
+    def hit_rate(self) -> float:
+        return self.hits / self.lookups if self.lookups else 0.0
+
+    def reset_stats(self) -> None:
+        self.lookups = self.hits = 0
+
+
+class RowCache(_HitCounts):
     """Up to `capacity_bytes` of (vector float32 (D,), linear float32) rows keyed by int64 id."""
 
     def __init__(self, capacity_bytes: int, vector_dim: int, ways: int = 8) -> None:
-        if capacity_bytes < 0:
-            raise ValueError(f"cache_bytes must be >= 0, got {capacity_bytes}")
+        super().__init__(capacity_bytes)
         self.vector_dim = int(vector_dim)
         self.ways = int(ways)
         row_bytes = 4 * self.vector_dim + 4 + 8 + 8  # vector, linear, tag, stamp
@@ -28,8 +44,6 @@ class RowCache:
         self.vectors = np.zeros((self.sets, self.ways, self.vector_dim), dtype=np.float32)
         self.linear = np.zeros((self.sets, self.ways), dtype=np.float32)
         self.clock = 0
-        self.lookups = 0
-        self.hits = 0
 
     @property
     def capacity_rows(self) -> int:
@@ -38,13 +52,6 @@ class RowCache:
     @property
     def nbytes(self) -> int:
         return sum(a.nbytes for a in (self.tags, self.stamps, self.vectors, self.linear))
-
-    @property
-    def hit_rate(self) -> float:
-        return self.hits / self.lookups if self.lookups else 0.0
-
-    def reset_stats(self) -> None:
-        self.lookups = self.hits = 0
 
     def _set_of(self, ids: np.ndarray) -> np.ndarray:
         hashed = (ids.astype(np.uint64) * _GOLDEN) >> np.uint64(20)
@@ -93,7 +100,7 @@ class RowCache:
         self.stamps[s, way] = self.clock
 
 
-class HotRowCache:
+class HotRowCache(_HitCounts):
     """A fixed set of rows (the hottest that fit in `capacity_bytes`), filled once, never evicted.
 
     For traffic drawn from a known frequency (the training data's), the rows seen most often in
@@ -103,27 +110,17 @@ class HotRowCache:
     """
 
     def __init__(self, capacity_bytes: int, vector_dim: int) -> None:
-        if capacity_bytes < 0:
-            raise ValueError(f"cache_bytes must be >= 0, got {capacity_bytes}")
+        super().__init__(capacity_bytes)
         self.vector_dim = int(vector_dim)
         self.row_bytes = 4 * self.vector_dim + 4 + 8  # vector, linear, id
         self.capacity_rows = int(capacity_bytes) // self.row_bytes
         self.ids = np.zeros(0, dtype=np.int64)
         self.vectors = np.zeros((0, self.vector_dim), dtype=np.float32)
         self.linear = np.zeros(0, dtype=np.float32)
-        self.lookups = 0
-        self.hits = 0
 
     @property
     def nbytes(self) -> int:
         return sum(a.nbytes for a in (self.ids, self.vectors, self.linear))
-
-    @property
-    def hit_rate(self) -> float:
-        return self.hits / self.lookups if self.lookups else 0.0
-
-    def reset_stats(self) -> None:
-        self.lookups = self.hits = 0
 
     def fill(self, ids: np.ndarray, vectors: np.ndarray, linear: np.ndarray) -> None:
         """Hold these rows (unique ids, at most `capacity_rows`), replacing what was held."""
