@@ -136,3 +136,76 @@ def test_funnel_samples_train_esmm_end_to_end(tmp_path, shared_data, data):
     for name in ("ctr_auc", "ctcvr_auc", "cvr_auc_clicked"):  # NaN only with one class
         value = metrics.get(f"test/{name}", float("nan"))
         assert math.isfinite(value) or name != "ctr_auc", name
+
+
+# --- the CVR study's regulariser: one L2 prior for every arm ---------------------------------
+
+STUDY = ["experiment=cvr_study", *TINY_DATA, "data.positive_rate=0.2", *FAST]
+
+
+def test_cvr_study_default_protocol_is_one_prior_and_early_stopping(tmp_path):
+    cfg = compose_train(tmp_path, STUDY[:1])
+    assert cfg.optimizer.l2_prior == 10.0 and cfg.optimizer.dense.weight_decay == 0.0
+    assert cfg.backend.name == "autograd" and cfg.embedding.sparse is False
+    # Early stopping, not the cap, ends a run: the first epoch without improvement stops it.
+    assert cfg.callbacks.early_stopping.patience == 1 and cfg.trainer.max_epochs >= 20
+
+
+@pytest.mark.parametrize("task", ["cvr", "esmm", "ctcvr"])
+def test_l2_prior_is_weight_decay_over_the_rows_each_arm_trains_on(tmp_path, task):
+    from cvr.pipelines import funnel
+    from cvr.pipelines.train import build_store, train
+
+    cfg = compose_train(tmp_path, [*STUDY, f"task={task}", "model=fm", "optimizer.l2_prior=6"])
+    store = build_store(cfg)
+    click = np.asarray(store.labels("train", "click"))
+    rows = int((click > 0.5).sum()) if task == "cvr" else len(click)
+    assert 0 < rows <= 3000 and (task != "cvr" or rows < 1500)  # ~20% CTR: clicks only
+    decay = funnel.with_l2_prior(cfg, store, funnel.task_from_config(cfg, store))
+    assert decay.optimizer.dense.weight_decay == pytest.approx(6.0 / rows, rel=1e-12)
+    assert cfg.optimizer.dense.weight_decay == 0.0  # the caller's config is left as it was
+    if task == "cvr":  # the decay the torch optimiser of the run really got
+        metrics = train(cfg)
+        assert metrics["train/weight_decay"] == pytest.approx(6.0 / rows, rel=1e-12)
+
+
+def test_prior_weight_decay_steps_like_the_prior_on_the_summed_loss():
+    """One AdaGrad step with weight_decay=prior/N on the batch-mean loss is the step on
+    (sum loss + prior/2 ||w||^2) / N, computed by hand."""
+    from cvr.pipelines.funnel import prior_weight_decay
+
+    torch = pytest.importorskip("torch")
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.randn(40, 5, generator=gen), torch.rand(40, generator=gen).round()
+    w0 = torch.randn(5, generator=gen)
+    prior, lr = 3.0, 0.1
+    w = w0.clone().requires_grad_(True)
+    opt = torch.optim.Adagrad([w], lr=lr, weight_decay=prior_weight_decay(prior, len(x)))
+    torch.nn.functional.binary_cross_entropy_with_logits(x @ w, y).backward()
+    opt.step()
+    ref = w0.clone().requires_grad_(True)
+    summed = torch.nn.functional.binary_cross_entropy_with_logits(x @ ref, y, reduction="sum")
+    ((summed + prior / 2 * (ref * ref).sum()) / len(x)).backward()
+    g = ref.grad
+    expected = w0 - lr * g / (g * g).sqrt().add(1e-10)
+    torch.testing.assert_close(w.detach(), expected, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize(
+    ("override", "match"),
+    [
+        ("optimizer.dense.weight_decay=3e-5", "drop optimizer.dense.weight_decay"),
+        ("backend=fused", "needs backend=autograd"),
+        ("embedding.sparse=true", "needs embedding.sparse=false"),
+        ("optimizer.l2_prior=-1", "expected >= 0"),
+    ],
+)
+def test_l2_prior_refuses_what_it_cannot_mean(tmp_path, override, match):
+    from cvr.pipelines import funnel
+    from cvr.pipelines.errors import ConfigError
+    from cvr.pipelines.train import build_store
+
+    cfg = compose_train(tmp_path, [*STUDY, "task=cvr", "model=fm", override])
+    store = build_store(cfg)
+    with pytest.raises(ConfigError, match=match):
+        funnel.with_l2_prior(cfg, store, funnel.task_from_config(cfg, store))

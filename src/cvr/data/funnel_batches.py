@@ -44,6 +44,14 @@ def eval_targets(store: EncodedStore, split: str, task: Task) -> np.ndarray:
     return np.stack([click, ctcvr, true_pctr, true_pcvr], axis=1)
 
 
+def train_rows(store: EncodedStore, split: str, task: Task) -> int:
+    """How many rows `task` trains on in `split` (the clicked ones for cvr; every row else)."""
+    if task.name != "cvr":
+        return int(store.rows(split))
+    click, _ = funnel_labels(store, split, task)
+    return int(np.count_nonzero(click > 0.5))
+
+
 def train_arrays(store: EncodedStore, split: str, task: Task) -> tuple[np.ndarray, np.ndarray]:
     """(ids int32 (n, F), labels float32 (n,) or (n, 2)) that `task` trains on."""
     ids = store.ids(split)

@@ -324,6 +324,7 @@ def fit_and_test(cfg: DictConfig, resume_ckpt: Path | None, run_id: str | None) 
     task = funnel.task_from_config(cfg, store)
     label = task.train_label if task else training_label(cfg, store)
     cfg = funnel.with_task_model(cfg)  # task=esmm: the model is ESMM over the chosen towers
+    cfg = funnel.with_l2_prior(cfg, store, task)  # optimizer.l2_prior: decay = prior / rows
     tracking = cfg.logger
     loggers = []
     if run_id is not None:
@@ -372,6 +373,7 @@ def fit_and_test(cfg: DictConfig, resume_ckpt: Path | None, run_id: str | None) 
     metrics.update(training_summary(trainer, best))
     metrics.update(val_history.best(metrics))  # val/... stay the last epoch's (MLflow's curves)
     metrics["train/processes"] = float(trainer.world_size)
+    metrics["train/weight_decay"] = float(cfg.optimizer.dense.get("weight_decay") or 0.0)
     final = {k: float(v) for k, v in metrics.items() if np.isscalar(v)}
     if cfg.get("export_bundle", True) and trainer.is_global_zero:
         from cvr.serving.bundle import export_from_training
