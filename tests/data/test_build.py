@@ -13,6 +13,7 @@ from omegaconf import OmegaConf
 
 from cvr.data.build import build_file_store, random_split_codes
 from cvr.data.errors import DataError
+from cvr.data.fingerprint import DIGESTS
 from cvr.data.preprocess import Preprocessor
 from cvr.data.store import SPLITS, EncodedStore
 
@@ -156,7 +157,7 @@ def test_cache_is_reused_and_keyed_by_config(tmp_path):
     )
     assert changed.fingerprint != first.fingerprint and changed.rows("test") == 1
     assert sorted(p.name for p in cache.iterdir()) == sorted(
-        {first.path.name, other.path.name, changed.path.name}
+        {first.path.name, other.path.name, changed.path.name, DIGESTS}
     )
 
 

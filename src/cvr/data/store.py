@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import shutil
 import time
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -231,13 +233,18 @@ class StoreWriter:
         return out.name
 
     def finish(
-        self, meta: StoreMeta | dict[str, Any], files: Mapping[str, str] | None = None
+        self,
+        meta: StoreMeta | dict[str, Any],
+        files: Mapping[str, str] | None = None,
+        final_path: str | Path | None = None,
     ) -> EncodedStore:
         """Write the arrays and meta.json (merged with `meta`) and rename into place.
 
         `files` may list extra files already written into `self.tmp` ({name: sha256}, e.g. the
         fitted preprocessor); they are kept in meta.json's `files` next to the arrays, so opening
-        the store verifies them too.
+        the store verifies them too. `final_path`: the place, when the writer was opened at a
+        `pending_store_dir` (a store whose fingerprint was known only after its pass); if a
+        store is there already (a concurrent build), this copy is discarded.
         """
         for fh in self._handles.values():
             fh.close()
@@ -270,6 +277,9 @@ class StoreWriter:
             self._ctx.__exit__(type(exc), exc, exc.__traceback__)
             raise
         self._ctx.__exit__(None, None, None)
+        if final_path is not None and Path(final_path) != self.final_path:
+            _move_into_place(self.final_path, Path(final_path))
+            self.final_path = Path(final_path)
         return EncodedStore.open(self.final_path, verify=False)
 
     def abort(self) -> None:
@@ -281,6 +291,24 @@ class StoreWriter:
             self._ctx.__exit__(RuntimeError, err, None)
         except RuntimeError:
             pass
+
+
+def pending_store_dir(cache_root: str | Path, name: str) -> Path:
+    """A unique hidden place for a store whose fingerprint is not known yet (its name ends like
+    a temporary's, so an abandoned one is found by `cvr.ops.temporaries`)."""
+    return Path(cache_root) / f".{name}.pending.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+def _move_into_place(done: Path, final: Path) -> None:
+    """Rename the finished store `done` to `final`, or drop it if `final` exists already."""
+    try:
+        if not final.exists():
+            os.replace(done, final)
+            return
+    except OSError:  # a concurrent build renamed its copy there first
+        if not final.exists():
+            raise
+    shutil.rmtree(done, ignore_errors=True)
 
 
 def _npy_header(rows: int, width: int, dtype: Any) -> bytes:

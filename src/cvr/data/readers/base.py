@@ -29,6 +29,7 @@ from cvr.data.numbers import blank_to_null, parse_numbers
 from cvr.data.readers.lines import (
     DEFAULT_BLOCK_BYTES,
     DEFAULT_MAX_LINE_BYTES,
+    Digest,
     LineBlock,
     iter_line_blocks,
 )
@@ -97,6 +98,8 @@ class Reader:
     format: ClassVar[str]
     # Whether the format takes `vocab_tables` (categoricals looked up in a store build's tables).
     accepts_vocab_tables: ClassVar[bool] = False
+    # Whether the format takes `digest` (the file's bytes hashed as the reader reads them).
+    accepts_digest: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -261,7 +264,10 @@ class Reader:
 
 class TextReader(Reader):
     """A reader of line-per-record text: options `block_bytes` and `max_line_bytes`; the Dask
-    engine also passes `byte_range` and `first_line` to read one block of a file."""
+    engine also passes `byte_range` and `first_line` to read one block of a file, a store build
+    `digest` (given every byte of the file by the first read, see `lines.open_bytes`)."""
+
+    accepts_digest = True
 
     def __init__(
         self,
@@ -272,9 +278,11 @@ class TextReader(Reader):
         max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
         byte_range: tuple[int, int] | None = None,
         first_line: int = 1,
+        digest: Digest | None = None,
         **kwargs,
     ) -> None:
         super().__init__(path, schema, **kwargs)
+        self.digest = digest
         # A part of a file (a Dask block): its byte range and the number of its first line.
         self.byte_range = tuple(byte_range) if byte_range is not None else None
         self.first_line = int(first_line)
@@ -285,6 +293,7 @@ class TextReader(Reader):
         self.max_line_bytes = int(max_line_bytes)
 
     def _blocks(self) -> Iterator[LineBlock]:
+        digest, self.digest = self.digest, None  # one whole read feeds it
         return iter_line_blocks(
             self.path,
             self.chunk_rows,
@@ -292,6 +301,7 @@ class TextReader(Reader):
             self.max_line_bytes,
             self.byte_range,
             self.first_line,
+            digest,
         )
 
     def _too_long(self, block: LineBlock, problems: Problems) -> None:

@@ -14,12 +14,13 @@ the reader can refuse it (`on_error=raise`) or count it (`skip`) under `line_too
 
 from __future__ import annotations
 
+import io
 import itertools
 import lzma
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO, Protocol
 
 import numpy as np
 import pyarrow as pa
@@ -37,15 +38,45 @@ ARROW_CODECS = {".gz": "gzip", ".bz2": "bz2", ".zst": "zstd", ".zstd": "zstd"}
 COMPRESSED_SUFFIXES = (*ARROW_CODECS, ".xz")
 
 
-def open_bytes(path: str | Path) -> BinaryIO:
-    """A binary stream of the file's bytes, decompressed when its suffix names a codec."""
+class Digest(Protocol):
+    def update(self, block: bytes) -> None: ...
+
+
+def open_bytes(path: str | Path, digest: Digest | None = None) -> BinaryIO:
+    """A binary stream of the file's bytes, decompressed when its suffix names a codec.
+
+    `digest`: each block of the file's own bytes (compressed, for a compressed file) is also
+    given to `digest.update`, in order, as it is read.
+    """
     path = Path(path)
     suffix = path.suffix.lower()
+    if suffix not in COMPRESSED_SUFFIXES:
+        return open(path, "rb")
+    source: Any = str(path) if digest is None else _TeeFile(open(path, "rb", buffering=0), digest)
     if suffix == ".xz":
-        return lzma.open(path, "rb")
-    if suffix in ARROW_CODECS:
-        return pa.input_stream(str(path), compression=ARROW_CODECS[suffix])
-    return open(path, "rb")
+        return lzma.open(source, "rb")
+    return pa.input_stream(source, compression=ARROW_CODECS[suffix])
+
+
+class _TeeFile(io.RawIOBase):
+    """A raw file whose bytes also go to a digest as they are read."""
+
+    def __init__(self, raw: BinaryIO, digest: Digest) -> None:
+        self._raw = raw
+        self._digest = digest
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buf: Any) -> int:
+        n = self._raw.readinto(buf)
+        if n:
+            self._digest.update(bytes(memoryview(buf)[:n]))
+        return n
+
+    def close(self) -> None:
+        self._raw.close()
+        super().close()
 
 
 @dataclass
@@ -103,12 +134,16 @@ def iter_line_blocks(
     max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
     byte_range: tuple[int, int] | None = None,
     first_line: int = 1,
+    digest: Digest | None = None,
 ) -> Iterator[LineBlock]:
     """Yield LineBlocks of at most `chunk_rows` lines each, in file order.
 
     `byte_range` (start, stop) reads only those bytes of an uncompressed file (both must be
     line starts, see `line_aligned_ranges`); its first line is numbered `first_line`.
+    `digest` gets every byte of the file as it is read (a whole file only, see `open_bytes`).
     """
+    if digest is not None and byte_range is not None:
+        raise ValueError("a digest needs the whole file, not a byte range")
     if max_line_bytes < 1:
         raise ValueError(f"data.max_line_bytes: expected a positive integer, got {max_line_bytes}")
     first = first_line
@@ -117,12 +152,13 @@ def iter_line_blocks(
     long_head = False  # the first line of the next segment is the end of an over-long line
     path = Path(path)
     left = None
-    with open_bytes(path) as fh:
+    compressed = path.suffix.lower() in COMPRESSED_SUFFIXES
+    with open_bytes(path, digest) as fh:
         if byte_range is not None:
             fh.seek(byte_range[0])
             left = byte_range[1] - byte_range[0]
-        reads = _reads(fh, block_bytes, left)
-        if path.suffix.lower() in COMPRESSED_SUFFIXES:
+        reads = _reads(fh, block_bytes, left, None if compressed else digest)
+        if compressed:
             reads = prefetch(reads, depth=2, name="cvr-decompress")  # on another core
         try:
             while True:
@@ -161,12 +197,16 @@ def iter_line_blocks(
             reads.close()  # stops the decompressing thread before the file closes
 
 
-def _reads(fh: BinaryIO, block_bytes: int, left: int | None) -> Iterator[bytes]:
+def _reads(
+    fh: BinaryIO, block_bytes: int, left: int | None, digest: Digest | None = None
+) -> Iterator[bytes]:
     """Blocks of at most `block_bytes` (and `left` in all) bytes, the last one b""."""
     while True:
         block = fh.read(block_bytes if left is None else min(block_bytes, left))
         if left is not None:
             left -= len(block)
+        if digest is not None:
+            digest.update(block)
         yield block
         if not block:
             return
