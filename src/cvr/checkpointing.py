@@ -18,9 +18,9 @@ import errno
 import logging
 import os
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
@@ -97,25 +97,29 @@ def resume_checkpoint(preferred: Path) -> Path:
         return preferred
     others = [p for p in preferred.parent.glob("*.ckpt") if p != preferred]
     fallback = newest_intact(others)
+    why = "does not load (truncated or corrupt)" if preferred.exists() else "is missing"
     if fallback is None:
         raise CheckpointError(
-            f"{preferred}: does not load (truncated or corrupt) and no other checkpoint in "
-            f"{preferred.parent} does; start fresh with resume=false"
+            f"{preferred}: {why} and no other checkpoint in {preferred.parent} loads; "
+            "start fresh with resume=false"
         )
-    log.warning(
-        "%s does not load (truncated or corrupt); resuming from %s instead", preferred, fallback
-    )
+    log.warning("%s %s; resuming from %s instead", preferred, why, fallback)
     return fallback
 
 
 def write_bytes_atomic(data: bytes, path: str | os.PathLike) -> None:
     """Write `data` to `path` via a temporary sibling + fsync + rename; DiskFullError if full."""
+    write_atomic(path, lambda f: f.write(data))
+
+
+def write_atomic(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -> None:
+    """`write(f)` into a temporary sibling of `path`, fsync, rename; DiskFullError if full."""
     path = Path(path)
     # The writer's pid in the name: gc (cvr.ops.temporaries) reclaims it once that process is gone.
     tmp = path.with_name(f"{path.name}{TMP_MARK}{os.getpid()}-{uuid.uuid4().hex[:8]}")
     try:
         with open(tmp, "wb") as f:
-            f.write(data)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -125,6 +129,9 @@ def write_bytes_atomic(data: bytes, path: str | os.PathLike) -> None:
             raise DiskFullError(
                 errno.ENOSPC, f"disk full while writing {path} (nothing was replaced)"
             ) from None
+        raise
+    except BaseException:  # `write` failed (an object torch cannot save, a signal): no leftover
+        tmp.unlink(missing_ok=True)
         raise
 
 
@@ -136,12 +143,10 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     ) -> None:
         if storage_options is not None:
             raise TypeError("AtomicCheckpointIO takes no storage_options")
-        import io
-
-        buffer = io.BytesIO()
-        torch.save(checkpoint, buffer)
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-        write_bytes_atomic(buffer.getbuffer(), path)
+        # Straight into the temporary file: through a BytesIO first cost ~1.6x (its growth
+        # copies, then the write), measured on a tiny run's 37 MB checkpoints.
+        write_atomic(path, lambda f: torch.save(checkpoint, f))
 
     def load_checkpoint(
         self, path: Any, map_location: Any = None, weights_only: bool | None = None
