@@ -20,7 +20,7 @@ from cvr.data.build import build_file_store, plan_build, split_codes, time_split
 from cvr.data.preprocess import Preprocessor, numbers_of
 from cvr.data.readers import TIME_COLUMN, open_reader
 from cvr.data.schema import Schema
-from cvr.data.vocab import StringTable
+from cvr.data.vocab import StringTable, remap_columns, remap_split_rows
 
 REPO = Path(__file__).resolve().parents[2]
 # The real samples read by delimited readers (the formats that take vocab tables).
@@ -152,3 +152,19 @@ def test_real_sample_build_equals_fit_then_transform(name, shared_data, tmp_path
     for code, split in enumerate(("train", "val", "test")):
         expected = [pre.transform(b)[c == code] for b, c in batches]
         np.testing.assert_array_equal(np.asarray(store.ids(split)), np.concatenate(expected))
+
+
+def test_remap_split_rows_equals_remap_then_masks():
+    rng = np.random.default_rng(5)
+    ids = rng.integers(0, 50, size=(1000, 4)).astype(np.int32)
+    labels = rng.random((1000, 2)).astype(np.float32)
+    codes = rng.integers(0, 3, size=1000).astype(np.int8)
+    remaps = {0: rng.permutation(50).astype(np.int32), 2: rng.integers(0, 9, 50).astype(np.int32)}
+    out, out_labels, bounds = remap_split_rows(ids, labels, codes, remaps, 3)
+    expected = ids.copy()
+    remap_columns(expected, remaps)
+    for c in range(3):
+        rows = slice(bounds[c], bounds[c + 1])
+        np.testing.assert_array_equal(out[rows], expected[codes == c])
+        np.testing.assert_array_equal(out_labels[rows], labels[codes == c])
+    assert bounds[-1] == 1000

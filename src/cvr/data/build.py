@@ -77,7 +77,7 @@ from cvr.data.store import (
     pending_store_dir,
     store_dir,
 )
-from cvr.data.vocab import remap_columns
+from cvr.data.vocab import remap_split_rows
 from cvr.ops.manifest import sha256_file
 
 __all__ = [  # also re-exported for the callers of the one-module build
@@ -217,7 +217,8 @@ def warm_up(plan: BuildPlan) -> None:
                 batches.close()
             encoder.add(batch, split_codes(plan, src, batch))
             encoder.abort()
-            remap_columns(np.zeros((1, 1), dtype=np.int32), {0: np.zeros(2, dtype=np.int32)})
+            one = np.zeros((1, 1), dtype=np.int32)
+            remap_split_rows(one, one.astype(np.float32), one[0], {0: one[0]}, len(SPLITS))
     except Exception:  # a warm-up only: the build itself reports any problem
         log.debug("warm-up failed", exc_info=True)
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from cvr.data.prefetch import prefetch
 from cvr.data.preprocess import (
     QUANTILE_SAMPLE,
     FieldEncoder,
@@ -31,10 +32,10 @@ from cvr.data.preprocess import (
     stable_hash,
 )
 from cvr.data.store import SPLITS, StoreWriter
-from cvr.data.vocab import LogTable, StringTable, count_ids, hash_strings, remap_columns
+from cvr.data.vocab import LogTable, StringTable, count_ids, hash_strings, remap_split_rows
 
 TRAIN = 0
-_SCATTER_ROWS = 1 << 18
+_SCATTER_ROWS = 1 << 17
 
 
 class OnePassEncoder:
@@ -68,6 +69,7 @@ class OnePassEncoder:
         self.samples = {j: StrideSample(QUANTILE_SAMPLE) for j in self.quantile}
         self.rows = 0
         self.train_rows = 0
+        self.split_rows = np.zeros(len(SPLITS), dtype=np.int64)
         self._files = {
             name: open(self.tmp / f"encode.{name}.raw", "wb")
             for name in ("ids", "labels", "codes", "quantile")
@@ -102,6 +104,7 @@ class OnePassEncoder:
             qvalues.tofile(self._files["quantile"])
         if codes is not None:
             np.asarray(codes, dtype=np.int8).tofile(self._files["codes"])
+            self.split_rows += np.bincount(codes, minlength=len(SPLITS))[: len(SPLITS)]
             self._fit_rows(ids, qvalues, np.asarray(codes) == TRAIN)
         self.rows += n
 
@@ -139,6 +142,7 @@ class OnePassEncoder:
         if len(codes) != self.rows:
             raise ValueError(f"{len(codes)} split codes for {self.rows} rows")
         np.asarray(codes, dtype=np.int8).tofile(self._files["codes"])
+        self.split_rows += np.bincount(codes, minlength=len(SPLITS))[: len(SPLITS)]
         self._close()
         for ids, _, qvalues, chunk_codes in self._chunks():
             self._fit_rows(ids, qvalues, chunk_codes == TRAIN)
@@ -168,17 +172,28 @@ class OnePassEncoder:
         return self.fitted
 
     def write(self, writer: StoreWriter) -> None:
-        """Remap the provisional ids and append every row to its split, in file order."""
-        for ids, labels, qvalues, codes in self._chunks():
-            remap_columns(ids, self._remaps)
-            for j, q in self.quantile.items():
-                ids[:, j] = quantile_ids(self.encoders[j].boundaries, qvalues[:, q])
-            for code, split in enumerate(SPLITS):
-                mask = codes == code
-                if mask.any():
-                    writer.append(split, ids[mask], labels[mask])
+        """Remap the provisional ids and append every row to its split, in file order: the
+        remapping runs a chunk ahead in a thread of its own, the writing (and hashing) here."""
+        writer.expect_rows(dict(zip(SPLITS, self.split_rows.tolist(), strict=True)))
+        for parts in prefetch(self._remapped(), depth=1, name="cvr-remap"):
+            for split, ids, labels in parts:
+                writer.append(split, ids, labels)
         for name in self._files:
             (self.tmp / f"encode.{name}.raw").unlink(missing_ok=True)
+
+    def _remapped(self) -> Iterator[list[tuple[str, np.ndarray, np.ndarray]]]:
+        """Per chunk of the raw files: (split, final ids, labels) of its rows, split by split."""
+        for ids, labels, qvalues, codes in self._chunks():
+            for j, q in self.quantile.items():
+                ids[:, j] = quantile_ids(self.encoders[j].boundaries, qvalues[:, q])
+            out, out_labels, bounds = remap_split_rows(
+                ids, labels, codes, self._remaps, len(SPLITS)
+            )
+            yield [
+                (split, out[a:b], out_labels[a:b])
+                for split, a, b in zip(SPLITS, bounds[:-1], bounds[1:], strict=True)
+                if b > a
+            ]
 
     def _chunks(self) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
         """The raw files back in chunks of rows, read (not memory-mapped: mapped pages would
