@@ -2,11 +2,11 @@
 
 import json
 import math
+from pathlib import Path
 
 import mlflow
 import pytest
 
-from cvr.tracking.training_run import logged_model_name
 from tests.helpers import TINY_DATA, compose_train, run_script
 
 FAST = ["trainer.max_epochs=2", "datamodule.batch_size=512", "trainer.enable_progress_bar=false"]
@@ -43,12 +43,9 @@ def test_train_command_prints_table_and_logs_to_sqlite_mlflow(tmp_path):
     assert run.data.tags["git_commit"]
     artifacts = [a.path for a in client.list_artifacts(run.info.run_id)]
     assert "config.yaml" in artifacts
-    # The bundle was logged as a pyfunc model named after the run, whose metadata names the raw
-    # fields (the signature declares only the output: an input schema drops unknown-only rows).
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
-    model_name = logged_model_name(run.info.run_name)
-    model = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/{model_name}")
-    assert "F00" in [f["name"] for f in model.metadata.metadata["fields"]]
+    # No MLflow model unless asked (logger.log_model=true, tests/tracking/test_mlflow_ui.py).
+    experiment_id = run.info.experiment_id
+    assert client.search_logged_models([experiment_id]) == []
     (run_dir,) = (tmp_path / "runs").iterdir()
     assert (run_dir / "bundle" / "manifest.json").is_file()
 
@@ -157,3 +154,45 @@ def test_a_run_without_logger_never_imports_mlflow(tmp_path):
     assert not imported & {"mlflow", "sqlalchemy", "faiss", "pymilvus", "dask"}, imported
     (run_dir,) = (tmp_path / "runs").iterdir()
     assert (run_dir / "metrics.json").is_file() and (run_dir / "bundle" / "manifest.json").is_file()
+
+
+CHEAP = [*TINY_DATA, *FAST, "logger=none", "export_bundle=false", "print_table=false",
+         "callbacks.efficiency_profile.enabled=false"]  # fmt: skip
+
+
+def test_checkpoints_are_written_once_and_last_links_to_the_best(tmp_path, monkeypatch):
+    from cvr.checkpointing import AtomicCheckpointIO, load_checkpoint
+    from cvr.pipelines.train import train
+
+    written = []
+    real_save = AtomicCheckpointIO.save_checkpoint
+
+    def save(self, checkpoint, path, storage_options=None):
+        written.append(Path(path).name)
+        real_save(self, checkpoint, path, storage_options)
+
+    monkeypatch.setattr(AtomicCheckpointIO, "save_checkpoint", save)
+    cfg = compose_train(tmp_path, [*CHEAP, "trainer.max_epochs=3"])
+    train(cfg)
+    folder = Path(cfg.paths.output_dir) / "checkpoints"
+    # One full write per improved epoch, none of them a copy as last.ckpt.
+    assert 1 <= len(written) <= 3 and all(n.startswith("epoch") for n in written), written
+    (best,) = folder.glob("epoch*.ckpt")
+    last = folder / "last.ckpt"
+    assert last.is_symlink() and last.resolve() == best.resolve()
+    assert load_checkpoint(last)["epoch"] == load_checkpoint(best)["epoch"]
+
+
+def test_resume_finds_a_run_whose_last_link_is_missing(tmp_path):
+    # Lightning re-points last.ckpt by removing it, then linking: a run stopped in between has
+    # only its best checkpoint, which resume=true must still find.
+    from cvr.pipelines.train import train
+
+    first = compose_train(tmp_path, CHEAP)
+    done = train(first)
+    (Path(first.paths.output_dir) / "checkpoints" / "last.ckpt").unlink()
+    again = compose_train(tmp_path, [*CHEAP, "resume=true"])
+    metrics = train(again)
+    info = json.loads((Path(again.paths.output_dir) / "run_info.json").read_text())
+    assert info["resumed_from"] and Path(info["resumed_from"]).name.startswith("epoch"), info
+    assert metrics["train/global_step"] == done["train/global_step"]

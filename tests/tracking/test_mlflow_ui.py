@@ -49,6 +49,7 @@ def sweep(tmp_path_factory):
             "trainer.enable_progress_bar=false",
             "print_table=false",
             "callbacks.efficiency_profile.repeats=3",
+            "logger.log_model=true",  # opt-in; tested here
         ]
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -161,6 +162,11 @@ def test_logged_model_is_named_after_the_run_with_its_metrics(sweep):
     metrics = {m.key: m.value for m in models[0].metrics}
     assert metrics["test/auc"] == run.data.metrics["test/auc"]
     assert "eff/embedding_bytes" in metrics
+    # It loads by run URI, and its metadata names the raw fields (the signature declares only
+    # the output: an input schema would drop rows with only unknown fields).
+    mlflow.set_tracking_uri(client.tracking_uri)
+    model = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/{models[0].name}")
+    assert "F00" in [f["name"] for f in model.metadata.metadata["fields"]]
 
 
 def test_parent_keeps_the_pareto_report_and_experiment_opens_on_training_runs(sweep):

@@ -162,8 +162,11 @@ def find_resume_checkpoint(cfg: DictConfig, identity: str) -> tuple[Path, dict] 
     ):
         info = json.loads(info_path.read_text())
         ckpt = info_path.parent / "checkpoints" / "last.ckpt"
-        if info.get("identity") == identity and ckpt.is_file():
-            candidates.append((ckpt.stat().st_mtime, ckpt, info))
+        # Any checkpoint counts: a run stopped while Lightning re-pointed the last.ckpt link
+        # (remove, then symlink) has none, and resume_checkpoint falls back to the newest.
+        saved = [p.stat().st_mtime for p in ckpt.parent.glob("*.ckpt") if p.is_file()]
+        if info.get("identity") == identity and saved:
+            candidates.append((max(saved), ckpt, info))
     if not candidates:
         log.warning("resume=true: no earlier run of this config with a checkpoint; starting fresh")
         return None
@@ -459,7 +462,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             bundle = output_dir / "bundle"
             if run_id is not None:
                 uri = cfg.logger.tracking_uri
-                log_model = cfg.logger.get("log_model", True) and bundle.is_dir()
+                log_model = cfg.logger.get("log_model", False) and bundle.is_dir()
                 training_run.finish_run(uri, run_id, metrics, bundle if log_model else None)
             write_json_atomic(output_dir / "metrics.json", metrics)
             # FINISHED only once everything the run promised exists.
