@@ -5,7 +5,8 @@
 Runs train.py as `python train.py` would, with timers wrapped around the pipeline's phases as
 their modules are first imported (an import hook, so nothing is imported earlier than train.py
 itself would import it and the run's garbage-collector settings are its own). Phases nest:
-`fit` includes `checkpoints` and `efficiency profile`; `finish_run` includes `log model` and
+`MLflow run start` includes the mlflow import + store open and the params; `fit` includes
+`checkpoints`, `epoch curves` and `efficiency profile`; `finish_run` includes `log model` and
 `plots`. `imports + Hydra start` is process start to Hydra's first composition; `exit` (process
 teardown after the last Python code) is added by the caller, which sees the process end.
 """
@@ -37,6 +38,9 @@ TARGETS = {
         ("finish_run", "finish_run (MLflow)"),
     ],
     "cvr.tracking.plots": [("log_run_artifacts", "  plots + summary.md")],
+    "cvr.tracking.store": [("ensure_store", "  mlflow import + store open")],
+    "cvr.tracking.mlflow_runs": [("log_config", "  params + config.yaml")],
+    "cvr.tracking.epoch_logger": [("EpochMlflowLogger.log_metrics", "  epoch curves (MLflow)")],
     "cvr.serving.pyfunc": [("log_pyfunc_model", "  log model (pyfunc)")],
     "cvr.serving.bundle": [("export_from_training", "bundle export")],
     "cvr.checkpointing": [("AtomicCheckpointIO.save_checkpoint", "  checkpoints")],

@@ -269,9 +269,11 @@ def log_dataset_input(
 
 
 def set_tags(tracking_uri: str, run_id: str, tags: dict[str, str]) -> None:
-    client = client_for(tracking_uri)
-    for key, value in tags.items():
-        client.set_tag(run_id, key, str(value))
+    """The tags in one write (each `set_tag` is a SQLite commit, ~5-8 ms with its fsyncs)."""
+    mlflow = _mlflow()
+    items = [mlflow.entities.RunTag(key, str(value)) for key, value in tags.items()]
+    for start in range(0, len(items), 100):
+        client_for(tracking_uri).log_batch(run_id, tags=items[start : start + 100])
 
 
 #: Attempts at recording a run's end while SQLite reports "database is locked".

@@ -31,9 +31,14 @@ _TABLE_BYTES = re.compile(r"^eff/(?:(?P<precision>[a-z0-9]+)/)?embedding_bytes/(
 _TOTAL_BYTES = re.compile(r"^eff/(?:(?P<precision>[a-z0-9]+)/)?embedding_bytes$")
 
 
-def _save(fig: Figure, path: Path) -> Path:
+#: Fixed margins (fractions of the figure) instead of `tight_layout`, which measured every tick
+#: label once more before drawing: half of a run's plotting time (~0.5 s of 1 s, tiny run).
+_MARGINS = {"left": 0.13, "right": 0.97, "bottom": 0.13, "top": 0.9}
+
+
+def _save(fig: Figure, path: Path, **margins: float) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
+    fig.subplots_adjust(**{**_MARGINS, **margins})
     fig.savefig(path, dpi=100)
     return path
 
@@ -66,7 +71,7 @@ def plot_learning_curve(
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
     fig.suptitle(f"{title}: learning curve" if title else "learning curve", fontsize=10)
-    return _save(fig, Path(path))
+    return _save(fig, Path(path), left=0.08, bottom=0.14, top=0.88, wspace=0.25)
 
 
 def latency_table(summary: Mapping[str, float]) -> dict[str, dict[str, dict[int, float]]]:
