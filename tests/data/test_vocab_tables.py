@@ -17,10 +17,10 @@ import pytest
 from omegaconf import OmegaConf
 
 from cvr.data.build import build_file_store, plan_build, split_codes, time_split_codes
-from cvr.data.preprocess import Preprocessor, numbers_of
+from cvr.data.preprocess import Preprocessor, criteo_log_keys, numbers_of
 from cvr.data.readers import TIME_COLUMN, open_reader
 from cvr.data.schema import Schema
-from cvr.data.vocab import StringTable, remap_columns, remap_split_rows
+from cvr.data.vocab import LogTable, StringTable, remap_columns, remap_split_rows
 
 REPO = Path(__file__).resolve().parents[2]
 # The real samples read by delimited readers (the formats that take vocab tables).
@@ -168,3 +168,25 @@ def test_remap_split_rows_equals_remap_then_masks():
         np.testing.assert_array_equal(out[rows], expected[codes == c])
         np.testing.assert_array_equal(out_labels[rows], labels[codes == c])
     assert bounds[-1] == 1000
+
+
+def test_log_table_ids_are_first_seen_criteo_log_keys():
+    rng = np.random.default_rng(2)
+    values = np.concatenate(
+        [
+            np.floor(rng.lognormal(1.0, 3.0, 20_000)),  # small integers: the direct path
+            rng.normal(0, 1e6, 2000),  # fractions, negatives, large values
+            [np.nan, 0.0, -0.0, 1.0, 2.0, 2.5, 3.0, 65535.0, 65536.0, -1.0, 1e300, -1e300],
+        ]
+    )
+    rng.shuffle(values)
+    table = LogTable(capacity=4)  # grows several times
+    got = np.concatenate([table.encode(part) for part in np.array_split(values, 7)])
+    keys = criteo_log_keys(values)
+    first_seen: dict[int, int] = {}
+    expected = [
+        0 if np.isnan(v) else first_seen.setdefault(int(k), len(first_seen) + 1)
+        for v, k in zip(values, keys, strict=True)
+    ]
+    np.testing.assert_array_equal(got, expected)
+    np.testing.assert_array_equal(table.values(), list(first_seen))

@@ -110,6 +110,36 @@ def _span_keys(data, starts, ends, empty_is_missing, keys):  # pragma: no cover
 
 
 @njit(cache=True, nogil=True)
+def _span_keys_rows(data, col_start, col_end, slots, empty_is_missing, keys):  # pragma: no cover
+    # Line by line: a line's values lie together in the buffer, so it is read once, not once
+    # per column (0.93 -> 0.25 us per Criteo line, 26 columns).
+    for i in range(col_start.shape[1]):
+        for q in range(len(slots)):
+            k = slots[q]
+            h, w0, w1, n = _span_key(data, col_start[k, i], col_end[k, i], empty_is_missing)
+            keys[q, i, 0] = h
+            keys[q, i, 1] = w0
+            keys[q, i, 2] = w1
+            keys[q, i, 3] = n
+
+
+def span_keys(
+    data: np.ndarray,
+    col_start: np.ndarray,
+    col_end: np.ndarray,
+    slots: list[int],
+    empty_is_missing: bool,
+) -> np.ndarray:
+    """uint64 (len(slots), n, 4): the table keys of the values data[col_start[k, i]:col_end[k,
+    i]] for k in `slots` (a view of line-major (n, K) spans reads fastest), for
+    `StringTable.encode_spans(..., keys=)`."""
+    slots = np.asarray(slots, dtype=np.int64)
+    keys = np.empty((len(slots), col_start.shape[1], 4), dtype=np.uint64)
+    _span_keys_rows(data, col_start, col_end, slots, empty_is_missing, keys)
+    return keys
+
+
+@njit(cache=True, nogil=True)
 def _encode_spans(
     data, starts, ends, keys, out, table, pool, pool_off, state, hmask, start
 ):  # pragma: no cover
@@ -210,7 +240,9 @@ def _criteo_log_key(v):  # pragma: no cover
 
 
 @njit(cache=True, nogil=True)
-def _encode_log(values, out, keys, slots, table_values, state, start):  # pragma: no cover
+def _encode_log(values, out, keys, slots, table_values, state, start, direct):  # pragma: no cover
+    # direct[x]: the id of a small non-negative integer x seen before (0: not yet), so that
+    # most values skip the logarithm and the probe.
     mask = np.uint64(len(keys) - 1)
     n_ids = state[0]
     for i in range(start, len(out)):
@@ -218,6 +250,14 @@ def _encode_log(values, out, keys, slots, table_values, state, start):  # pragma
         if np.isnan(x):
             out[i] = 0
             continue
+        small = -1
+        if x >= 0 and x < len(direct):
+            small = np.int64(x)
+            if small != x:
+                small = -1
+            elif direct[small] != 0:
+                out[i] = direct[small]
+                continue
         v = _criteo_log_key(x)
         h = _mix(np.uint64(v))
         slot = h & mask
@@ -239,6 +279,8 @@ def _encode_log(values, out, keys, slots, table_values, state, start):  # pragma
             keys[slot] = h
             slots[slot] = n_ids
             found = n_ids
+        if small >= 0:
+            direct[small] = found
         out[i] = found
     state[0] = n_ids
     return -1
@@ -373,13 +415,16 @@ class StringTable:
         starts: np.ndarray,
         ends: np.ndarray,
         empty_is_missing: bool,
+        keys: np.ndarray | None = None,
     ) -> np.ndarray:
         """int32 (n,) provisional ids of the values data[starts[i]:ends[i]] (starts < 0:
         missing), looked up where they lie: a reader's line buffer, no copy. The keys of every
-        value are computed first, so each probe's slot can be prefetched a few rows ahead."""
+        value are computed first (or given: `span_keys`), so each probe's slot can be
+        prefetched a few rows ahead."""
         out = np.empty(len(starts), dtype=np.int32)
-        keys = np.empty((len(starts), 4), dtype=np.uint64)
-        _span_keys(data, starts, ends, empty_is_missing, keys)
+        if keys is None:
+            keys = np.empty((len(starts), 4), dtype=np.uint64)
+            _span_keys(data, starts, ends, empty_is_missing, keys)
         start = 0
         while True:
             start = _encode_spans(
@@ -436,6 +481,7 @@ class LogTable:
         self.slots = np.zeros(capacity, dtype=np.int32)
         self.table_values = np.zeros(capacity + 1, dtype=np.int64)
         self.state = np.zeros(1, dtype=np.int64)
+        self.direct = np.zeros(1 << 16, dtype=np.int32)  # ids of small integers, by value
 
     def __len__(self) -> int:
         return int(self.state[0])
@@ -454,6 +500,7 @@ class LogTable:
                 self.table_values,
                 self.state,
                 start,
+                self.direct,
             )
             if start < 0:
                 return out

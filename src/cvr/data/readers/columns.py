@@ -72,9 +72,13 @@ def _copy(buf, col_start, col_end, slots, offsets, out):  # pragma: no cover
 def _parse_ints(buf, col_start, col_end, slots, values, plain):  # pragma: no cover
     # values[q, i]: the integer of a value that is [+-]?[0-9]{1,15} (exact in float64), NaN
     # for an empty or absent one; plain[q] stays True while every value of column q is either.
-    for q in range(len(slots)):
-        k = slots[q]
-        for i in range(col_start.shape[1]):
+    # Line by line (a line's bytes are read together, not once per column), a column no longer
+    # parsed once it is not plain.
+    for i in range(col_start.shape[1]):
+        for q in range(len(slots)):
+            if not plain[q]:
+                continue
+            k = slots[q]
             s = col_start[k, i]
             e = col_end[k, i]
             if s < 0 or e == s:
@@ -86,7 +90,7 @@ def _parse_ints(buf, col_start, col_end, slots, values, plain):  # pragma: no co
                 s += 1
             if e - s < 1 or e - s > 15:
                 plain[q] = False
-                break
+                continue
             v = 0
             for p in range(s, e):
                 d = np.int64(buf[p]) - 48
@@ -94,8 +98,6 @@ def _parse_ints(buf, col_start, col_end, slots, values, plain):  # pragma: no co
                     plain[q] = False
                     break
                 v = v * 10 + d
-            if not plain[q]:
-                break
             values[q, i] = -v if neg else v
 
 
@@ -110,7 +112,9 @@ def cut_columns(
     """(col_start, col_end (len(positions), n), counts (n,), flags (n,)) of lines [starts, ends).
 
     Row k is the column at `positions[k]`; col_start and col_end are -1 where a line has fewer
-    columns than that; flags has the NON_ASCII and QUOTED bits.
+    columns than that; flags has the NON_ASCII and QUOTED bits. col_start and col_end are views
+    of (n, K) arrays (one line's slots together, as the scan fills them and as the line-by-line
+    kernels read them).
     """
     n = len(starts)
     slot_of = np.full(max(positions, default=-1) + 1, -1, dtype=np.int64)
@@ -124,8 +128,7 @@ def cut_columns(
     seps = np.empty(longest + 1, dtype=np.int64)
     quote = ord(quote_char) if quote_char else 256
     _cut(buf, starts, ends, ord(delimiter), quote, slot_of, col_start, col_end, counts, flags, seps)
-    # Written row-major (one line's slots together: fast to fill), read column by column.
-    return np.ascontiguousarray(col_start.T), np.ascontiguousarray(col_end.T), counts, flags
+    return col_start.T, col_end.T, counts, flags
 
 
 def parse_ints(
