@@ -68,12 +68,23 @@ def parameter_checksum(model: nn.Module) -> float:
     """
     total = 0.0
     for i, param in enumerate(model.parameters(), start=1):
-        flat = param.detach().reshape(-1)
-        # Accumulated in float64 without a float64 copy of a table that may be gigabytes.
-        values = float(flat.sum(dtype=torch.float64))
-        magnitude = float(torch.linalg.vector_norm(flat, ord=1, dtype=torch.float64))
+        values, magnitude = _sum_and_l1(param.detach().reshape(-1))
         total += values + 1e-3 * i * magnitude
     return total
+
+
+def _sum_and_l1(flat: torch.Tensor) -> tuple[float, float]:
+    """sum(x) and sum(|x|), accumulated in float64 without a float64 copy of the table."""
+    if flat.device.type == "cpu" and flat.dtype in (torch.float32, torch.float64):
+        # numpy's float64 reductions of a float32 array: 17 ms against torch's 150 ms for a
+        # 4.6M-value table (2 cores), and this runs after every epoch.
+        array = flat.numpy()
+        total = np.sum(array, dtype=np.float64)
+        return float(total), float(np.sum(np.abs(array), dtype=np.float64))
+    return (
+        float(flat.sum(dtype=torch.float64)),
+        float(torch.linalg.vector_norm(flat, ord=1, dtype=torch.float64)),
+    )
 
 
 def checksums_agree(value: float) -> list[float]:
