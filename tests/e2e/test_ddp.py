@@ -19,22 +19,24 @@ import time
 import pytest
 import torch
 
-from tests.helpers import REPO
+from cvr.pipelines.train import train as train_in_process
+from tests.helpers import REPO, compose_train
 
-# 200k training rows, 10 fields: big enough that AUC differences of 0.005 mean something,
-# small enough for ~2 minutes on 2 cores.
+# At the same global batch, 2 processes make the same updates as 1, up to the order of float
+# sums: at 200k rows and 2 epochs val AUC agreed to 1e-8 and the parameter checksums to 2e-7
+# (relative). So a small split with tolerances near float precision is the sharper check.
 ACCEPTANCE = [
-    "data.rows_train=200000",
-    "data.rows_val=50000",
-    "data.rows_test=20000",
+    "data.rows_train=40000",
+    "data.rows_val=10000",
+    "data.rows_test=5000",
     "data.num_fields=10",
     "data.user_fields=4",
     "data.item_fields=2",
-    "data.total_values=50000",
+    "data.total_values=20000",
     "model=ffm",
     "backend=autograd",
     "optimizer.lr=0.02",
-    "datamodule.batch_size=4096",
+    "datamodule.batch_size=2048",
     "trainer.max_epochs=2",
     "trainer.enable_progress_bar=false",
     "callbacks.early_stopping=null",
@@ -64,20 +66,22 @@ def mlflow_runs(root):
 
 
 @pytest.mark.slow
-def test_two_processes_match_one_at_the_same_global_batch(tmp_path):
+def test_two_processes_match_one_at_the_same_global_batch(tmp_path, empty_mlflow_store):
     one, two = tmp_path / "one", tmp_path / "two"
-    single = train(one, ACCEPTANCE)
-    assert single.returncode == 0, single.stderr[-3000:]
+    # The 1-process reference trains in this process: one interpreter start-up fewer.
+    m1 = train_in_process(compose_train(one, [*ACCEPTANCE, "logger=none"]))
+    empty_mlflow_store(two)
     ddp = train(two, [*ACCEPTANCE, "trainer=ddp", "trainer.devices=2"])
     assert ddp.returncode == 0, ddp.stderr[-3000:]
-    _, m1 = finished_run(one)
     run_dir, m2 = finished_run(two)
     print(json.dumps({"one": m1, "two": m2}, indent=1, sort_keys=True))
     assert m2["train/processes"] == 2 and m1["train/processes"] == 1
     # Scored once over the whole split: every row exactly once, no padding duplicates.
-    assert m2["val/rows"] == 50000 and m2["test/rows"] == 20000
-    assert abs(m2["val/auc"] - m1["val/auc"]) < 0.005
-    assert abs(m2["val/logloss"] - m1["val/logloss"]) < 0.005
+    assert m2["val/rows"] == 10000 and m2["test/rows"] == 5000
+    assert m1["val/auc"] > 0.55  # it learned: equal metrics are not two untrained models'
+    for key in ("val/auc", "val/logloss", "test/auc", "test/logloss"):
+        assert abs(m2[key] - m1[key]) < 1e-4, (key, m1[key], m2[key])
+    assert m2["train/param_checksum"] == pytest.approx(m1["train/param_checksum"], rel=1e-5)
     # Gradients synchronised: every rank held the same parameters after every epoch.
     by_epoch = CHECKSUMS.findall(ddp.stdout + ddp.stderr)
     assert len(by_epoch) == 2, (ddp.stdout + ddp.stderr)[-3000:]
@@ -94,7 +98,9 @@ def test_two_processes_match_one_at_the_same_global_batch(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_ddp_sweep_of_defaults_and_sparse_tables_is_one_child_run_per_job(tmp_path):
+def test_a_ddp_sweep_of_defaults_and_sparse_tables_is_one_child_run_per_job(
+    tmp_path, empty_mlflow_store
+):
     """`-m trainer=ddp optimizer=adagrad,sparse_adam`: the first job is `trainer=ddp` with the
     defaults (backend auto -> autograd, logged with the reason); the second needs sparse
     gradients, which DDP all-reduces only on nn.Embedding tables. Each 2-process job is one
@@ -112,6 +118,7 @@ def test_a_ddp_sweep_of_defaults_and_sparse_tables_is_one_child_run_per_job(tmp_
         # entering Lightning's lazy reduction on one process, and the run hung at epoch end.
         "export_bundle=false",
     ]
+    empty_mlflow_store(tmp_path)
     done = train(tmp_path, ["trainer=ddp", "optimizer=adagrad,sparse_adam", *tiny], flags=["-m"])
     assert done.returncode == 0, done.stderr[-3000:]
     assert "backend: autograd for FFM: fused not used, under strategy ddp" in done.stdout

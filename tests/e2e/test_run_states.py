@@ -18,6 +18,7 @@ from mlflow.tracking import MlflowClient
 
 from cvr.checkpointing import AtomicCheckpointIO, DiskFullError, load_checkpoint
 from cvr.pipelines import run_lifecycle
+from cvr.pipelines.errors import one_line
 from cvr.pipelines.train import train
 from tests.helpers import REPO, TINY_DATA, compose_train
 
@@ -100,17 +101,8 @@ def test_final_status_and_liveness_probe():
     run_lifecycle.refuse_if_alive(info, Path("run"))  # gone: may be taken over
 
 
-def _train_cmd(root: Path, *extra: str) -> list[str]:
-    return [
-        sys.executable,
-        "train.py",
-        f"paths.output_root={root}",
-        *TINY_DATA,
-        "datamodule.batch_size=64",
-        "callbacks.early_stopping=null",
-        *QUIET,
-        *extra,
-    ]
+def _run_args(*extra: str) -> list[str]:
+    return [*TINY_DATA, "datamodule.batch_size=64", "callbacks.early_stopping=null", *QUIET, *extra]
 
 
 def _status(root: Path, run_id: str) -> str:
@@ -118,10 +110,21 @@ def _status(root: Path, run_id: str) -> str:
 
 
 @pytest.mark.slow
-def test_sigterm_marks_killed_resume_refuses_a_live_run_then_takes_over(tmp_path):
+def test_sigterm_marks_killed_resume_refuses_a_live_run_then_takes_over(
+    tmp_path, empty_mlflow_store
+):
+    """A real train.py process and a real SIGTERM; the refusal and the takeover run in this
+    process (the same train(); the CLI's one-line exit 2 is tests/e2e/test_config_check's),
+    which saves two interpreter start-ups."""
     root = tmp_path / "out"
+    empty_mlflow_store(root)
     proc = subprocess.Popen(
-        _train_cmd(root, "trainer.max_epochs=200"),
+        [
+            sys.executable,
+            "train.py",
+            f"paths.output_root={root}",
+            *_run_args("trainer.max_epochs=200"),
+        ],
         cwd=REPO,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -138,16 +141,17 @@ def test_sigterm_marks_killed_resume_refuses_a_live_run_then_takes_over(tmp_path
         assert info["pid"] == proc.pid and info["host"]
 
         run_dir = info_path.parent
-        # An explicit run folder (any config) is refused while its process lives.
-        busy = subprocess.run(
-            _train_cmd(root, "trainer.max_epochs=2", f"resume={run_dir}"),
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            timeout=600,
+        # An explicit run folder (any config) is refused while its process lives, with the
+        # one-line message train.py prints before exiting 2.
+        busy = compose_train(root, _run_args("trainer.max_epochs=2", f"resume={run_dir}"))
+        with pytest.raises(run_lifecycle.RunInUse) as refused:
+            train(busy)
+        message = one_line(refused.value)
+        assert message == (
+            f"error: resume: {run_dir} is still running (pid {proc.pid} on {info['host']}); "
+            "stop it first, or start a new run with resume=false"
         )
-        assert busy.returncode == 2, busy.stderr[-3000:]
-        assert "is still running" in busy.stderr and "Traceback" not in busy.stderr
+        assert proc.poll() is None  # the refusal did not touch the live run
         assert _status(root, info["mlflow_run_id"]) == "RUNNING"
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -155,22 +159,20 @@ def test_sigterm_marks_killed_resume_refuses_a_live_run_then_takes_over(tmp_path
     assert proc.returncode == 128 + signal.SIGTERM, err[-3000:]
     assert _status(root, info["mlflow_run_id"]) == "KILLED"
 
-    resumed = subprocess.run(
-        # max_steps=1: the resumed run ends at once (Lightning refuses a smaller max_epochs).
-        _train_cmd(root, "trainer.max_epochs=200", "+trainer.max_steps=1", f"resume={run_dir}"),
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    # max_steps=1: the resumed run ends at once (Lightning refuses a smaller max_epochs).
+    again = ["trainer.max_epochs=200", "+trainer.max_steps=1", f"resume={run_dir}"]
+    train(compose_train(root, _run_args(*again)))
     run = MlflowClient(f"sqlite:///{root / 'mlflow.db'}").get_run(info["mlflow_run_id"])
     assert run.info.status == "FINISHED"
     assert run.data.tags["resumed_from_status"] == "KILLED"
 
 
-def test_a_run_whose_bundle_never_appeared_is_not_finished(tmp_path, monkeypatch):
+def test_a_run_whose_bundle_never_appeared_is_not_finished(
+    tmp_path, monkeypatch, empty_mlflow_store
+):
     import cvr.serving.bundle as bundle_module
+
+    empty_mlflow_store(tmp_path)
 
     # An export that returns without writing (what a kill mid-export used to leave): the run
     # must not be reported FINISHED.

@@ -21,7 +21,8 @@ def runs_of(tmp_path):
     return client.search_runs([experiment.experiment_id])
 
 
-def test_two_by_two_sweep_makes_one_parent_and_four_children(tmp_path):
+def test_two_by_two_sweep_makes_one_parent_and_four_children(tmp_path, empty_mlflow_store):
+    empty_mlflow_store(tmp_path)
     result = run_script(
         [
             "train.py",
@@ -63,7 +64,8 @@ def test_two_by_two_sweep_makes_one_parent_and_four_children(tmp_path):
     assert len(combos) == 4
 
 
-def test_failed_job_is_marked_and_the_sweep_goes_on(tmp_path):
+def test_failed_job_is_marked_and_the_sweep_goes_on(tmp_path, empty_mlflow_store):
+    empty_mlflow_store(tmp_path)
     result = run_script(
         [
             "train.py",
@@ -73,6 +75,9 @@ def test_failed_job_is_marked_and_the_sweep_goes_on(tmp_path):
             "embedding.dim=0,2",
             *TINY_DATA,
             *FAST,
+            # Only run states and messages are checked here: no profile, no bundle.
+            "callbacks.efficiency_profile.enabled=false",
+            "export_bundle=false",
         ]
     )
     runs = runs_of(tmp_path)
