@@ -13,6 +13,7 @@ import pyarrow as pa
 import pytest
 
 import cvr.data.build as build
+import cvr.data.plan as plan
 from cvr.data.build import build_file_store, plan_build
 from cvr.data.fingerprint import DigestCache, StreamDigest, file_key, sha256_of
 from cvr.data.readers.lines import iter_line_blocks
@@ -31,6 +32,14 @@ def _text(n: int, seed: int = 0) -> bytes:
 
 def _build(path, cache, **kw):
     return build_file_store("t", "csv", path=str(path), schema=SCHEMA, cache_root=cache, **kw)
+
+
+def _count_hashes(monkeypatch) -> list:
+    """Record every file the build hashes apart from its pass."""
+    calls: list = []
+    for module in (build, plan):
+        monkeypatch.setattr(module, "sha256_of", lambda p: calls.append(p) or sha256_of(p))
+    return calls
 
 
 def _sha(path) -> str:
@@ -111,8 +120,7 @@ def test_hashing_in_the_pass_gives_the_up_front_fingerprint(tmp_path, suffix, mo
     path = tmp_path / f"a.csv{suffix}"
     path.write_bytes(gzip.compress(_text(5000)) if suffix else _text(5000))
     up_front = plan_build("t", "csv", path=str(path), schema=SCHEMA)
-    calls = []
-    monkeypatch.setattr(build, "sha256_of", lambda p: calls.append(p) or sha256_of(p))
+    calls = _count_hashes(monkeypatch)
     store = _build(path, tmp_path / "cache")
     assert calls == []  # a first build of the name: hashed while read
     assert store.fingerprint == up_front.fingerprint
@@ -131,7 +139,8 @@ def test_a_rebuild_reuses_the_digest_and_notices_a_changed_file(tmp_path, monkey
     def no_hash(p):
         raise AssertionError(f"{p} hashed again")
 
-    monkeypatch.setattr(build, "sha256_of", no_hash)
+    for module in (build, plan):
+        monkeypatch.setattr(module, "sha256_of", no_hash)
     assert _build(path, cache).path == first.path  # reused, nothing rehashed
     other = _build(path, cache, preprocess={"min_count": 2})  # another store, same digest
     assert other.fingerprint != first.fingerprint
@@ -142,8 +151,7 @@ def test_a_rebuild_reuses_the_digest_and_notices_a_changed_file(tmp_path, monkey
     data[-2:-1] = b"8" if data[-2:-1] != b"8" else b"9"
     path.write_bytes(bytes(data))
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
-    calls = []
-    monkeypatch.setattr(build, "sha256_of", lambda p: calls.append(p) or sha256_of(p))
+    calls = _count_hashes(monkeypatch)
     changed = _build(path, cache)
     assert calls == [path]
     assert changed.fingerprint != first.fingerprint

@@ -17,10 +17,12 @@ import pytest
 from omegaconf import OmegaConf
 
 from cvr.data.build import build_file_store, plan_build, split_codes, time_split_codes
+from cvr.data.log_table import LogTable
 from cvr.data.preprocess import Preprocessor, criteo_log_keys, numbers_of
 from cvr.data.readers import TIME_COLUMN, open_reader
+from cvr.data.remap import remap_columns, remap_split_rows
 from cvr.data.schema import Schema
-from cvr.data.vocab import LogTable, StringTable, remap_columns, remap_split_rows
+from cvr.data.vocab import StringTable
 
 REPO = Path(__file__).resolve().parents[2]
 # The real samples read by delimited readers (the formats that take vocab tables).

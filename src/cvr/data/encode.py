@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from cvr.data.log_table import LogTable
 from cvr.data.prefetch import prefetch
 from cvr.data.preprocess import (
     QUANTILE_SAMPLE,
@@ -31,8 +32,9 @@ from cvr.data.preprocess import (
     quantile_ids,
     stable_hash,
 )
+from cvr.data.remap import remap_split_rows
 from cvr.data.store import SPLITS, StoreWriter
-from cvr.data.vocab import LogTable, StringTable, count_ids, hash_strings, remap_split_rows
+from cvr.data.vocab import StringTable, count_ids, hash_strings
 
 TRAIN = 0
 _SCATTER_ROWS = 1 << 17

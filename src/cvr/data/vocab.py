@@ -3,7 +3,8 @@
 The store builder encodes every row in one pass before the vocabulary is known: each field's
 table maps a value to a provisional id (1, 2, ... in the order values first appear; 0 is missing).
 Once the train counts are in, `final_ids` turns provisional ids into the Preprocessor's ids
-(descending train count, then value), and the stored ids are remapped once. Strings are hashed
+(descending train count, then value), and the stored ids are remapped once (`cvr.data.remap`;
+numeric criteo_log fields have `cvr.data.log_table`). Strings are hashed
 8 bytes at a time (splitmix64 steps) and compared byte for byte on a hash match, so two values
 never share an id even when their 64-bit hashes collide (tested with truncated hashes). Train
 counts are kept by the caller (`count_ids`), so a reader thread can fill a table while the
@@ -231,138 +232,6 @@ def _rehash_strings(table, new_table):  # pragma: no cover
         new_table[slot] = table[j]
 
 
-@njit(cache=True, nogil=True)
-def _criteo_log_key(v):  # pragma: no cover
-    # As preprocess.criteo_log_keys: 2 * code + 1 for `L` (v > 2), 2 * code for `V`.
-    if v > 2:
-        return np.int64(np.floor(np.log(v) ** 2)) * 2 + 1
-    return np.int64(np.floor(max(v, -(2.0**61)))) * 2
-
-
-@njit(cache=True, nogil=True)
-def _encode_log(values, out, keys, slots, table_values, state, start, direct):  # pragma: no cover
-    # direct[x]: the id of a small non-negative integer x seen before (0: not yet), so that
-    # most values skip the logarithm and the probe.
-    mask = np.uint64(len(keys) - 1)
-    n_ids = state[0]
-    for i in range(start, len(out)):
-        x = values[i]
-        if np.isnan(x):
-            out[i] = 0
-            continue
-        small = -1
-        if x >= 0 and x < len(direct):
-            small = np.int64(x)
-            if small != x:
-                small = -1
-            elif direct[small] != 0:
-                out[i] = direct[small]
-                continue
-        v = _criteo_log_key(x)
-        h = _mix(np.uint64(v))
-        slot = h & mask
-        found = 0
-        while True:
-            ident = slots[slot]
-            if ident == 0:
-                break
-            if table_values[ident] == v:
-                found = ident
-                break
-            slot = (slot + np.uint64(1)) & mask
-        if found == 0:
-            if (n_ids + 1) * 2 > len(keys) or n_ids + 2 > len(table_values):
-                state[0] = n_ids
-                return i
-            n_ids += 1
-            table_values[n_ids] = v
-            keys[slot] = h
-            slots[slot] = n_ids
-            found = n_ids
-        if small >= 0:
-            direct[small] = found
-        out[i] = found
-    state[0] = n_ids
-    return -1
-
-
-@njit(cache=True, nogil=True)
-def _rehash(keys, slots, new_keys, new_slots):  # pragma: no cover
-    mask = np.uint64(len(new_keys) - 1)
-    for j in range(len(keys)):
-        ident = slots[j]
-        if ident == 0:
-            continue
-        slot = keys[j] & mask
-        while new_slots[slot] != 0:
-            slot = (slot + np.uint64(1)) & mask
-        new_keys[slot] = keys[j]
-        new_slots[slot] = ident
-
-
-@njit(cache=True, nogil=True)
-def _remap_rows(ids, remaps, offsets):  # pragma: no cover
-    for i in range(ids.shape[0]):
-        for j in range(ids.shape[1]):
-            if offsets[j] >= 0:
-                ids[i, j] = remaps[offsets[j] + ids[i, j]]
-
-
-def remap_columns(ids: np.ndarray, remaps: dict[int, np.ndarray]) -> None:
-    """In place: ids[:, j] = remaps[j][ids[:, j]] for each j in `remaps`, one pass over rows."""
-    table, offsets = _remap_table(ids.shape[1], remaps)
-    if len(table):
-        _remap_rows(ids, table, offsets)
-
-
-def _remap_table(width: int, remaps: dict[int, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """(every remap concatenated, offsets (width,): where column j's starts, -1 for none)."""
-    offsets = np.full(width, -1, dtype=np.int64)
-    parts, at = [], 0
-    for j, remap in remaps.items():
-        offsets[j] = at
-        parts.append(remap.astype(np.int32, copy=False))
-        at += len(remap)
-    table = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int32)
-    return table, offsets
-
-
-@njit(cache=True, nogil=True)
-def _remap_split(
-    ids, labels, codes, table, offsets, starts, out_ids, out_labels
-):  # pragma: no cover
-    # Row i goes to out row starts[codes[i]]++ (its split's block, file order kept), remapped.
-    for i in range(ids.shape[0]):
-        c = codes[i]
-        r = starts[c]
-        starts[c] = r + 1
-        for j in range(ids.shape[1]):
-            v = ids[i, j]
-            out_ids[r, j] = table[offsets[j] + v] if offsets[j] >= 0 else v
-        for q in range(labels.shape[1]):
-            out_labels[r, q] = labels[i, q]
-
-
-def remap_split_rows(
-    ids: np.ndarray,
-    labels: np.ndarray,
-    codes: np.ndarray,
-    remaps: dict[int, np.ndarray],
-    parts: int,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(ids, labels, bounds (parts + 1,)): the rows remapped as `remap_columns` does and grouped
-    by their code 0..parts-1 in one pass, file order kept within a group; group c is rows
-    bounds[c]:bounds[c + 1]."""
-    table, offsets = _remap_table(ids.shape[1], remaps)
-    codes = np.ascontiguousarray(codes, dtype=np.int8)
-    bounds = np.zeros(parts + 1, dtype=np.int64)
-    bounds[1:] = np.cumsum(np.bincount(codes, minlength=parts)[:parts])
-    out_ids = np.empty_like(ids)
-    out_labels = np.empty_like(labels)
-    _remap_split(ids, labels, codes, table, offsets, bounds[:-1].copy(), out_ids, out_labels)
-    return out_ids, out_labels, bounds
-
-
 def _string_buffers(arr: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(data uint8, offsets (n + 1,), valid bool (n,)) of a string array, zero-copy."""
     if not (pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type)):
@@ -470,50 +339,3 @@ class StringTable:
         return pa.Array.from_buffers(
             pa.large_string(), n, [None, pa.py_buffer(offsets), pa.py_buffer(data)]
         )
-
-
-class LogTable:
-    """criteo_log categories of float values -> provisional ids 1..n in first-seen order (0 for
-    NaN); `values()` are the category keys (`preprocess.criteo_log_keys`)."""
-
-    def __init__(self, capacity: int = 1 << 8) -> None:
-        self.keys = np.zeros(capacity, dtype=np.uint64)
-        self.slots = np.zeros(capacity, dtype=np.int32)
-        self.table_values = np.zeros(capacity + 1, dtype=np.int64)
-        self.state = np.zeros(1, dtype=np.int64)
-        self.direct = np.zeros(1 << 16, dtype=np.int32)  # ids of small integers, by value
-
-    def __len__(self) -> int:
-        return int(self.state[0])
-
-    def encode(self, values: np.ndarray) -> np.ndarray:
-        """int32 (n,) provisional ids of float values (NaN -> 0)."""
-        out = np.empty(len(values), dtype=np.int32)
-        values = np.ascontiguousarray(values, dtype=np.float64)
-        start = 0
-        while True:
-            start = _encode_log(
-                values,
-                out,
-                self.keys,
-                self.slots,
-                self.table_values,
-                self.state,
-                start,
-                self.direct,
-            )
-            if start < 0:
-                return out
-            if (len(self) + 1) * 2 > len(self.keys):
-                keys = np.zeros(len(self.keys) * 2, dtype=np.uint64)
-                slots = np.zeros(len(self.keys) * 2, dtype=np.int32)
-                _rehash(self.keys, self.slots, keys, slots)
-                self.keys, self.slots = keys, slots
-            if len(self) + 2 > len(self.table_values):
-                self.table_values = np.concatenate(
-                    [self.table_values, np.zeros_like(self.table_values)]
-                )
-
-    def values(self) -> np.ndarray:
-        """int64 (n,): the key of provisional id i + 1 at position i."""
-        return self.table_values[1 : len(self) + 1].copy()
