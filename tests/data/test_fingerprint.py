@@ -16,6 +16,7 @@ import cvr.data.build as build
 import cvr.data.plan as plan
 from cvr.data.build import build_file_store, plan_build
 from cvr.data.fingerprint import DigestCache, StreamDigest, file_key, sha256_of
+from cvr.data.readers import lines
 from cvr.data.readers.lines import iter_line_blocks
 from cvr.data.store import EncodedStore, _move_into_place
 
@@ -102,7 +103,14 @@ def _zstd(data: bytes, path) -> None:
         (".zst", "zstd"),
     ],
 )
-def test_line_blocks_feed_the_digest_every_byte_of_the_file(tmp_path, suffix, compress):
+@pytest.mark.parametrize("isal", [True, False])
+def test_line_blocks_feed_the_digest_every_byte_of_the_file(
+    tmp_path, suffix, compress, isal, monkeypatch
+):
+    if not isal:
+        monkeypatch.setattr(lines, "_isal", lambda: None)
+    elif lines._isal() is None:
+        pytest.skip("the optional isal package is not installed")
     data = _text(3000)
     path = tmp_path / f"a.csv{suffix}"
     if compress == "zstd":
@@ -110,8 +118,9 @@ def test_line_blocks_feed_the_digest_every_byte_of_the_file(tmp_path, suffix, co
     else:
         path.write_bytes(compress(data) if compress else data)
     digest = StreamDigest()
-    lines = sum(len(b) for b in iter_line_blocks(path, 500, block_bytes=4096, digest=digest))
-    assert lines == 3001
+    blocks = list(iter_line_blocks(path, 500, block_bytes=4096, digest=digest))
+    assert sum(len(b) for b in blocks) == 3001
+    assert b"".join(b.buf[b.bounds[0] : b.bounds[-1]].tobytes() for b in blocks) == data
     assert digest.hexdigest() == _sha(path) == sha256_of(path)
 
 

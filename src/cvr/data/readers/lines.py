@@ -6,7 +6,9 @@ are found with numpy over whole blocks of bytes: the cost per line is a few vect
 
 Compressed files are read as streams by their suffix: `.gz`, `.bz2`, `.zst`/`.zstd` through
 pyarrow's compressed input streams, `.xz` through `lzma`, decompressed one block ahead in a thread
-of their own. Memory is bounded by the block size
+of their own; `.gz` through ISA-L (`isal.igzip`) when the `isal` package is installed: it
+inflates about 2.5-4x faster than zlib (0.65 -> 0.16-0.26 CPU-s for the 141 MB of the 0.5M-row
+bench file), the same bytes. Memory is bounded by the block size
 plus `max_line_bytes`: a line longer than that (terminator included) is never held whole; its
 bytes are dropped as they stream past and it comes out as an empty line flagged `too_long`, so
 the reader can refuse it (`on_error=raise`) or count it (`skip`) under `line_too_long`.
@@ -14,6 +16,7 @@ the reader can refuse it (`on_error=raise`) or count it (`skip`) under `line_too
 
 from __future__ import annotations
 
+import functools
 import io
 import itertools
 import lzma
@@ -55,7 +58,28 @@ def open_bytes(path: str | Path, digest: Digest | None = None) -> BinaryIO:
     source: Any = str(path) if digest is None else _TeeFile(open(path, "rb", buffering=0), digest)
     if suffix == ".xz":
         return lzma.open(source, "rb")
+    if suffix == ".gz" and _isal() is not None:
+        return _isal().igzip.open(source, "rb")
     return pa.input_stream(source, compression=ARROW_CODECS[suffix])
+
+
+_READ_ERRORS = (OSError, pa.ArrowException, lzma.LZMAError, EOFError)
+
+
+@functools.cache
+def _isal() -> Any:
+    """The optional `isal` package (ISA-L's gzip), or None; imported on the first `.gz`."""
+    try:
+        import isal.igzip
+        import isal.isal_zlib
+    except ImportError:
+        return None
+    return isal
+
+
+def _isal_errors() -> tuple[type[BaseException], ...]:
+    isal = _isal()
+    return (isal.isal_zlib.error,) if isal is not None else ()
 
 
 class _TeeFile(io.RawIOBase):
@@ -164,7 +188,7 @@ def iter_line_blocks(
             while True:
                 try:
                     block = next(reads)
-                except (OSError, pa.ArrowException, lzma.LZMAError, EOFError) as exc:
+                except _READ_ERRORS + _isal_errors() as exc:
                     raise DataError(
                         f"{path}: cannot read past line {first - 1} ({type(exc).__name__}: {exc})"
                     ) from None
