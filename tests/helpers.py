@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
@@ -65,3 +68,29 @@ def run_script(args: list[str], cwd: Path = REPO, timeout: int = 600, env=None):
         timeout=timeout,
         env=full_env,
     )
+
+
+@contextmanager
+def script_in_background(
+    args: list[str], log: Path, cwd: Path = REPO
+) -> Iterator[subprocess.Popen]:
+    """Start a repo entry point in its own process group, stdout and stderr into `log`; yields
+    the Popen. On 2 cores a run started beside another uses the core the other leaves idle
+    (interpreter start-ups, a DDP launch starting its processes one after the other). Still
+    running when the block ends (a failed assertion): killed with its group."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, *args],
+            cwd=cwd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
+        try:
+            yield proc
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()

@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from cvr.pipelines.train import train as train_in_process
-from tests.helpers import REPO, compose_train
+from tests.helpers import REPO, compose_train, script_in_background
 
 # At the same global batch, 2 processes make the same updates as 1, up to the order of float
 # sums: at 200k rows and 2 epochs val AUC agreed to 1e-8 and the parameter checksums to 2e-7
@@ -68,11 +68,21 @@ def mlflow_runs(root):
 @pytest.mark.slow
 def test_two_processes_match_one_at_the_same_global_batch(tmp_path, empty_mlflow_store):
     one, two = tmp_path / "one", tmp_path / "two"
-    # The 1-process reference trains in this process: one interpreter start-up fewer.
-    m1 = train_in_process(compose_train(one, [*ACCEPTANCE, "logger=none"]))
     empty_mlflow_store(two)
-    ddp = train(two, [*ACCEPTANCE, "trainer=ddp", "trainer.devices=2"])
-    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    ddp_log = tmp_path / "ddp.log"
+    ddp_cmd = [
+        "train.py",
+        f"paths.output_root={two}",
+        *ACCEPTANCE,
+        "trainer=ddp",
+        "trainer.devices=2",
+    ]
+    with script_in_background(ddp_cmd, ddp_log) as ddp:
+        # The 1-process reference trains in this process meanwhile (no interpreter start-up;
+        # the launch starts its two processes one after the other, leaving a core idle).
+        m1 = train_in_process(compose_train(one, [*ACCEPTANCE, "logger=none"]))
+        assert ddp.wait(timeout=900) == 0, ddp_log.read_text()[-3000:]
+    output = ddp_log.read_text()
     run_dir, m2 = finished_run(two)
     print(json.dumps({"one": m1, "two": m2}, indent=1, sort_keys=True))
     assert m2["train/processes"] == 2 and m1["train/processes"] == 1
@@ -83,8 +93,8 @@ def test_two_processes_match_one_at_the_same_global_batch(tmp_path, empty_mlflow
         assert abs(m2[key] - m1[key]) < 1e-4, (key, m1[key], m2[key])
     assert m2["train/param_checksum"] == pytest.approx(m1["train/param_checksum"], rel=1e-5)
     # Gradients synchronised: every rank held the same parameters after every epoch.
-    by_epoch = CHECKSUMS.findall(ddp.stdout + ddp.stderr)
-    assert len(by_epoch) == 2, (ddp.stdout + ddp.stderr)[-3000:]
+    by_epoch = CHECKSUMS.findall(output)
+    assert len(by_epoch) == 2, output[-3000:]
     for values in by_epoch:
         first, second = (float(v) for v in values.split(","))
         assert first == second
@@ -165,40 +175,43 @@ RESUME = [
 @pytest.mark.slow
 def test_ddp_sigkill_mid_epoch_then_resume_matches_uninterrupted(tmp_path):
     reference_root, crash_root = tmp_path / "reference", tmp_path / "crash"
-    done = train(reference_root, RESUME)
-    assert done.returncode == 0, done.stderr[-3000:]
+    # The uninterrupted run trains beside the one to be killed (its result does not depend on
+    # timing): each DDP launch starts its two interpreters one after the other.
+    reference_log = tmp_path / "reference.log"
+    reference_cmd = ["train.py", f"paths.output_root={reference_root}", *RESUME]
+    with script_in_background(reference_cmd, reference_log) as reference_proc:
+        cmd = [
+            sys.executable,
+            "train.py",
+            f"paths.output_root={crash_root}",
+            *RESUME,
+            "checkpoint_every_n_steps=5",
+        ]
+        # Its own process group: kill -9 reaches rank 0 and the rank it launched at once.
+        proc = subprocess.Popen(
+            cmd,
+            cwd=REPO,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        deadline = time.time() + 300
+        last = None
+        while time.time() < deadline and proc.poll() is None:
+            found = list((crash_root / "runs").glob("*/checkpoints/last.ckpt"))
+            if found:
+                try:
+                    state = torch.load(found[0], map_location="cpu", weights_only=False)
+                except Exception:  # caught mid-write: look again
+                    state = None
+                if state and 0 < state["batches_in_epoch"] < 70 and state["epoch"] == 0:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    last = state
+                    break
+            time.sleep(0.05)
+        proc.wait(timeout=60)
+        assert reference_proc.wait(timeout=900) == 0, reference_log.read_text()[-3000:]
     _, reference = finished_run(reference_root)
-
-    cmd = [
-        sys.executable,
-        "train.py",
-        f"paths.output_root={crash_root}",
-        *RESUME,
-        "checkpoint_every_n_steps=5",
-    ]
-    # Its own process group: kill -9 reaches rank 0 and the rank it launched at once.
-    proc = subprocess.Popen(
-        cmd,
-        cwd=REPO,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    deadline = time.time() + 300
-    last = None
-    while time.time() < deadline and proc.poll() is None:
-        found = list((crash_root / "runs").glob("*/checkpoints/last.ckpt"))
-        if found:
-            try:
-                state = torch.load(found[0], map_location="cpu", weights_only=False)
-            except Exception:  # caught mid-write: look again
-                state = None
-            if state and 0 < state["batches_in_epoch"] < 70 and state["epoch"] == 0:
-                os.killpg(proc.pid, signal.SIGKILL)
-                last = state
-                break
-        time.sleep(0.05)
-    proc.wait(timeout=60)
     if last is None:
         pytest.skip("training finished before a mid-epoch checkpoint could be caught")
 
