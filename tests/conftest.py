@@ -41,7 +41,7 @@ def migrated_mlflow_db(tmp_path_factory) -> Path:
     return path
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def empty_mlflow_store(migrated_mlflow_db: Path) -> Callable[[Path], str]:
     """`empty_mlflow_store(output_root)` puts a copy of the migrated empty store at
     `output_root/mlflow.db` (the default `logger.tracking_uri`) and returns its URI.

@@ -72,19 +72,20 @@ def run_script(args: list[str], cwd: Path = REPO, timeout: int = 600, env=None):
 
 @contextmanager
 def script_in_background(
-    args: list[str], log: Path, cwd: Path = REPO
+    args: list[str], stdout: Path, stderr: Path | None = None, cwd: Path = REPO
 ) -> Iterator[subprocess.Popen]:
-    """Start a repo entry point in its own process group, stdout and stderr into `log`; yields
-    the Popen. On 2 cores a run started beside another uses the core the other leaves idle
-    (interpreter start-ups, a DDP launch starting its processes one after the other). Still
-    running when the block ends (a failed assertion): killed with its group."""
+    """Start a repo entry point in its own process group, its output into files (stderr into
+    `stdout` unless given its own); yields the Popen. On 2 cores a run started beside another
+    uses the core the other leaves idle (interpreter start-ups, a DDP launch starting its
+    processes one after the other). Still running when the block ends (a failed assertion):
+    killed with its group."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    with log.open("w") as out:
+    with stdout.open("w") as out, (stderr or Path(os.devnull)).open("w") as err:
         proc = subprocess.Popen(
             [sys.executable, *args],
             cwd=cwd,
             stdout=out,
-            stderr=subprocess.STDOUT,
+            stderr=err if stderr else subprocess.STDOUT,
             env=env,
             start_new_session=True,
         )

@@ -2,10 +2,12 @@
 
 import math
 import re
+from contextlib import ExitStack
 
 import mlflow
+import pytest
 
-from tests.helpers import TINY_DATA, run_script
+from tests.helpers import TINY_DATA, script_in_background
 
 FAST = [
     "trainer.max_epochs=1",
@@ -13,29 +15,54 @@ FAST = [
     "trainer.enable_progress_bar=false",
     "print_table=false",
 ]
+SWEEPS = {
+    "two_by_two": ["model=fm,ffm", "embedding.dim=2,4", *TINY_DATA, *FAST],
+    "one_fails": [
+        "model=fm",
+        "embedding.dim=0,2",
+        *TINY_DATA,
+        *FAST,
+        # Only run states and messages are checked of this one: no profile, no bundle.
+        "callbacks.efficiency_profile.enabled=false",
+        "export_bundle=false",
+    ],
+}
 
 
-def runs_of(tmp_path):
-    client = mlflow.MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory, empty_mlflow_store):
+    """Both sweeps start at once, each `train.py -m` in its own output root (on 2 cores one
+    interpreter's start-up runs beside the other's); `sweep(name)` waits for that one and
+    returns (returncode, stdout, stderr, output root)."""
+    folders = {name: tmp_path_factory.mktemp(name) for name in SWEEPS}
+    with ExitStack() as running:
+        procs = {}
+        for name, args in SWEEPS.items():
+            root = folders[name] / "out"
+            empty_mlflow_store(root)
+            cmd = ["train.py", "-m", f"paths.output_root={root}", *args]
+            out, err = folders[name] / "stdout.txt", folders[name] / "stderr.txt"
+            procs[name] = running.enter_context(script_in_background(cmd, out, err))
+
+        def finished(name):
+            procs[name].wait(timeout=600)
+            folder = folders[name]
+            out, err = ((folder / f).read_text() for f in ("stdout.txt", "stderr.txt"))
+            return procs[name].returncode, out, err, folder / "out"
+
+        yield finished
+
+
+def runs_of(root):
+    client = mlflow.MlflowClient(f"sqlite:///{root}/mlflow.db")
     experiment = client.get_experiment_by_name("cvr")
     return client.search_runs([experiment.experiment_id])
 
 
-def test_two_by_two_sweep_makes_one_parent_and_four_children(tmp_path, empty_mlflow_store):
-    empty_mlflow_store(tmp_path)
-    result = run_script(
-        [
-            "train.py",
-            "-m",
-            f"paths.output_root={tmp_path}",
-            "model=fm,ffm",
-            "embedding.dim=2,4",
-            *TINY_DATA,
-            *FAST,
-        ]
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    runs = runs_of(tmp_path)
+def test_two_by_two_sweep_makes_one_parent_and_four_children(sweep):
+    returncode, _, stderr, root = sweep("two_by_two")
+    assert returncode == 0, stderr[-3000:]
+    runs = runs_of(root)
     parents = [r for r in runs if r.data.tags.get("sweep_role") == "parent"]
     children = [r for r in runs if r.data.tags.get("sweep_role") == "child"]
     assert len(parents) == 1 and len(children) == 4 and len(runs) == 5
@@ -64,23 +91,9 @@ def test_two_by_two_sweep_makes_one_parent_and_four_children(tmp_path, empty_mlf
     assert len(combos) == 4
 
 
-def test_failed_job_is_marked_and_the_sweep_goes_on(tmp_path, empty_mlflow_store):
-    empty_mlflow_store(tmp_path)
-    result = run_script(
-        [
-            "train.py",
-            "-m",
-            f"paths.output_root={tmp_path}",
-            "model=fm",
-            "embedding.dim=0,2",
-            *TINY_DATA,
-            *FAST,
-            # Only run states and messages are checked here: no profile, no bundle.
-            "callbacks.efficiency_profile.enabled=false",
-            "export_bundle=false",
-        ]
-    )
-    runs = runs_of(tmp_path)
+def test_failed_job_is_marked_and_the_sweep_goes_on(sweep):
+    returncode, stdout, stderr, root = sweep("one_fails")
+    runs = runs_of(root)
     children = {
         r.data.params.get("embedding.dim"): r
         for r in runs
@@ -89,11 +102,11 @@ def test_failed_job_is_marked_and_the_sweep_goes_on(tmp_path, empty_mlflow_store
     # The bad value is refused before the job creates anything: no MLflow run of its own.
     assert "0" not in children
     assert children["2"].info.status == "FINISHED"
-    assert "sweep finished with failed jobs" in result.stdout + result.stderr
+    assert "sweep finished with failed jobs" in stdout + stderr
     # A sweep with failed jobs exits non-zero and names each one with its reason.
-    assert result.returncode == 1
-    assert "1 of 2 jobs failed" in result.stderr
+    assert returncode == 1
+    assert "1 of 2 jobs failed" in stderr
     assert re.search(
         r"job 0 \[.*embedding\.dim=0.*\]: ConfigError: embedding\.dim: expected an integer",
-        result.stderr,
-    ), result.stderr[-2000:]
+        stderr,
+    ), stderr[-2000:]
