@@ -92,6 +92,19 @@ def test_corrupt_gzip_names_the_file(tmp_path, inflate, monkeypatch):
         _build(tmp_path, bad)
 
 
+@pytest.mark.parametrize("inflate", ["isal", "pyarrow"])
+def test_gzip_members_one_after_another_are_one_file(tmp_path, inflate, monkeypatch):
+    if inflate == "pyarrow":
+        monkeypatch.setattr(lines, "_isal", lambda: None)
+    elif lines._isal() is None:
+        pytest.skip("the optional isal package is not installed")
+    text = [("\n".join(_rows(3000, i)) + "\n").encode() for i in range(3)]
+    path = tmp_path / "cat.tsv.gz"  # as `cat a.gz b.gz c.gz` makes it
+    path.write_bytes(b"".join(gzip.compress(t) for t in text))
+    blocks = list(iter_line_blocks(path, 1000, block_bytes=1 << 16))
+    assert b"".join(b.buf[b.bounds[0] : b.bounds[-1]].tobytes() for b in blocks) == b"".join(text)
+
+
 def test_glob_and_list_are_the_same_input(tmp_path):
     for i in range(3):
         _csv(tmp_path / f"day_{i}.tsv", _rows(800, i))

@@ -59,7 +59,7 @@ def open_bytes(path: str | Path, digest: Digest | None = None) -> BinaryIO:
     if suffix == ".xz":
         return lzma.open(source, "rb")
     if suffix == ".gz" and _isal() is not None:
-        return _isal().igzip.open(source, "rb")
+        return _IsalGzip(open(source, "rb", buffering=0) if isinstance(source, str) else source)
     return pa.input_stream(source, compression=ARROW_CODECS[suffix])
 
 
@@ -80,6 +80,48 @@ def _isal() -> Any:
 def _isal_errors() -> tuple[type[BaseException], ...]:
     isal = _isal()
     return (isal.isal_zlib.error,) if isal is not None else ()
+
+
+class _IsalGzip:
+    """The inflated bytes of a gzip stream (members one after another), by ISA-L. Its own
+    loop, not `isal.igzip.open`: with that, peak RSS grew 17% from the 2M- to the 8M-row bench
+    file (509 -> 597 MiB); with this one 4% (530 -> 550), as pyarrow's stream (529 -> 541)."""
+
+    def __init__(self, raw: BinaryIO) -> None:
+        self._raw = raw
+        self._inflate = _isal().isal_zlib.decompressobj(31)
+        self._pending = b""
+        self._done = False
+
+    def read(self, n: int) -> bytes:
+        out: list[bytes] = []
+        size = 0
+        while size < n and not self._done:
+            if self._inflate.eof:  # a member ended: another may follow
+                rest = self._inflate.unused_data or self._raw.read(_GZ_READ)
+                if not rest:
+                    self._done = True
+                    break
+                self._inflate = _isal().isal_zlib.decompressobj(31)
+                self._pending = rest
+            if not self._pending:
+                self._pending = self._raw.read(_GZ_READ)
+                if not self._pending:
+                    raise EOFError("the gzip stream ended before its end-of-stream marker")
+            chunk = self._inflate.decompress(self._pending, n - size)
+            self._pending = self._inflate.unconsumed_tail
+            out.append(chunk)
+            size += len(chunk)
+        return b"".join(out)
+
+    def __enter__(self) -> _IsalGzip:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._raw.close()
+
+
+_GZ_READ = 1 << 20
 
 
 class _TeeFile(io.RawIOBase):
