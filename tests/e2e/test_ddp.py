@@ -65,6 +65,48 @@ def mlflow_runs(root):
     return client.search_runs(experiments)
 
 
+SWEEP_TEST = "test_a_ddp_sweep_of_defaults_and_sparse_tables_is_one_child_run_per_job"
+# `-m trainer=ddp optimizer=adagrad,sparse_adam` on tiny data.
+SWEEP = [
+    "trainer=ddp",
+    "optimizer=adagrad,sparse_adam",
+    "data.rows_train=4000",
+    "data.rows_val=1001",  # odd: the processes' shares differ by one row
+    "data.rows_test=999",
+    "data.num_fields=6",
+    "data.user_fields=2",
+    "data.item_fields=2",
+    "data.total_values=2000",
+    "trainer.max_epochs=2",
+    # The progress bar stays on, as by default: it once read epoch metrics on rank 0 alone,
+    # entering Lightning's lazy reduction on one process, and the run hung at epoch end.
+    "export_bundle=false",
+]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def ddp_sweep(request, tmp_path_factory, empty_mlflow_store):
+    """The sweep of the DDP sweep test (this module's last) starts with the module's first
+    test and runs beside the others: each DDP launch starts its processes one after the other,
+    leaving a core idle. `ddp_sweep()` waits for it: (returncode, stdout, stderr, output root).
+    Not started when that test is not selected."""
+    if not any(item.originalname == SWEEP_TEST for item in request.session.items):
+        yield None
+        return
+    folder = tmp_path_factory.mktemp("ddp_sweep")
+    root = folder / "out"
+    empty_mlflow_store(root)
+    out, err = folder / "stdout.txt", folder / "stderr.txt"
+    cmd = ["train.py", "-m", f"paths.output_root={root}", *SWEEP]
+    with script_in_background(cmd, out, err) as proc:
+
+        def finished():
+            proc.wait(timeout=900)
+            return proc.returncode, out.read_text(), err.read_text(), root
+
+        yield finished
+
+
 @pytest.mark.slow
 def test_two_processes_match_one_at_the_same_global_batch(tmp_path, empty_mlflow_store):
     one, two = tmp_path / "one", tmp_path / "two"
@@ -107,52 +149,6 @@ def test_two_processes_match_one_at_the_same_global_batch(tmp_path, empty_mlflow
     assert json.loads((run_dir / "run_info.json").read_text())["mlflow_run_id"] == run.info.run_id
 
 
-@pytest.mark.slow
-def test_a_ddp_sweep_of_defaults_and_sparse_tables_is_one_child_run_per_job(
-    tmp_path, empty_mlflow_store
-):
-    """`-m trainer=ddp optimizer=adagrad,sparse_adam`: the first job is `trainer=ddp` with the
-    defaults (backend auto -> autograd, logged with the reason); the second needs sparse
-    gradients, which DDP all-reduces only on nn.Embedding tables. Each 2-process job is one
-    MLflow child run of the sweep's parent."""
-    tiny = [
-        "data.rows_train=4000",
-        "data.rows_val=1001",  # odd: the processes' shares differ by one row
-        "data.rows_test=999",
-        "data.num_fields=6",
-        "data.user_fields=2",
-        "data.item_fields=2",
-        "data.total_values=2000",
-        "trainer.max_epochs=2",
-        # The progress bar stays on, as by default: it once read epoch metrics on rank 0 alone,
-        # entering Lightning's lazy reduction on one process, and the run hung at epoch end.
-        "export_bundle=false",
-    ]
-    empty_mlflow_store(tmp_path)
-    done = train(tmp_path, ["trainer=ddp", "optimizer=adagrad,sparse_adam", *tiny], flags=["-m"])
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "backend: autograd for FFM: fused not used, under strategy ddp" in done.stdout
-    (sweep,) = (tmp_path / "multirun").iterdir()
-    jobs = sorted(p for p in sweep.iterdir() if (p / "metrics.json").exists())
-    assert [p.name for p in jobs] == ["0", "1"], list(sweep.iterdir())
-    for job in jobs:
-        metrics = json.loads((job / "metrics.json").read_text())
-        assert metrics["train/processes"] == 2
-        assert metrics["val/rows"] == 1001 and metrics["test/rows"] == 999
-    runs = mlflow_runs(tmp_path)
-    roles = sorted(r.data.tags.get("sweep_role") for r in runs)
-    assert roles == ["child", "child", "parent"], roles
-    assert all(r.info.status == "FINISHED" for r in runs)
-    import mlflow
-
-    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
-    for run in (r for r in runs if r.data.tags.get("sweep_role") == "child"):
-        history = client.get_metric_history(run.info.run_id, "train/loss")
-        assert sorted(m.step for m in history) == [0, 1]  # the mean over both processes, per epoch
-        assert all(math.isfinite(m.value) for m in history)
-    # (backend=fused under DDP is refused before any process starts: tests/backends.)
-
-
 RESUME = [
     "data.rows_train=20000",
     "data.rows_val=2000",
@@ -175,8 +171,8 @@ RESUME = [
 @pytest.mark.slow
 def test_ddp_sigkill_mid_epoch_then_resume_matches_uninterrupted(tmp_path):
     reference_root, crash_root = tmp_path / "reference", tmp_path / "crash"
-    # The uninterrupted run trains beside the one to be killed (its result does not depend on
-    # timing): each DDP launch starts its two interpreters one after the other.
+    # The uninterrupted run trains beside the one to be killed and the resume (its result does
+    # not depend on timing): each DDP launch starts its two interpreters one after the other.
     reference_log = tmp_path / "reference.log"
     reference_cmd = ["train.py", f"paths.output_root={reference_root}", *RESUME]
     with script_in_background(reference_cmd, reference_log) as reference_proc:
@@ -210,13 +206,12 @@ def test_ddp_sigkill_mid_epoch_then_resume_matches_uninterrupted(tmp_path):
                     break
             time.sleep(0.05)
         proc.wait(timeout=60)
+        if last is None:
+            pytest.skip("training finished before a mid-epoch checkpoint could be caught")
+        resumed = train(crash_root, [*RESUME, "resume=true"])  # beside the reference's end
+        assert resumed.returncode == 0, resumed.stderr[-3000:]
         assert reference_proc.wait(timeout=900) == 0, reference_log.read_text()[-3000:]
     _, reference = finished_run(reference_root)
-    if last is None:
-        pytest.skip("training finished before a mid-epoch checkpoint could be caught")
-
-    resumed = train(crash_root, [*RESUME, "resume=true"])
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
     run_dir, metrics = finished_run(crash_root)
     info = json.loads((run_dir / "run_info.json").read_text())
     assert info["resumed_from"], info
@@ -224,3 +219,33 @@ def test_ddp_sigkill_mid_epoch_then_resume_matches_uninterrupted(tmp_path):
     assert metrics["train/global_step"] > last["global_step"]
     for key in ("val/auc", "test/auc", "test/logloss", "train/param_checksum"):
         assert metrics[key] == pytest.approx(reference[key], rel=1e-6, abs=1e-6), key
+
+
+@pytest.mark.slow
+def test_a_ddp_sweep_of_defaults_and_sparse_tables_is_one_child_run_per_job(ddp_sweep):
+    """`-m trainer=ddp optimizer=adagrad,sparse_adam`: the first job is `trainer=ddp` with the
+    defaults (backend auto -> autograd, logged with the reason); the second needs sparse
+    gradients, which DDP all-reduces only on nn.Embedding tables. Each 2-process job is one
+    MLflow child run of the sweep's parent."""
+    returncode, stdout, stderr, root = ddp_sweep()
+    assert returncode == 0, stderr[-3000:]
+    assert "backend: autograd for FFM: fused not used, under strategy ddp" in stdout
+    (sweep,) = (root / "multirun").iterdir()
+    jobs = sorted(p for p in sweep.iterdir() if (p / "metrics.json").exists())
+    assert [p.name for p in jobs] == ["0", "1"], list(sweep.iterdir())
+    for job in jobs:
+        metrics = json.loads((job / "metrics.json").read_text())
+        assert metrics["train/processes"] == 2
+        assert metrics["val/rows"] == 1001 and metrics["test/rows"] == 999
+    runs = mlflow_runs(root)
+    roles = sorted(r.data.tags.get("sweep_role") for r in runs)
+    assert roles == ["child", "child", "parent"], roles
+    assert all(r.info.status == "FINISHED" for r in runs)
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{root}/mlflow.db")
+    for run in (r for r in runs if r.data.tags.get("sweep_role") == "child"):
+        history = client.get_metric_history(run.info.run_id, "train/loss")
+        assert sorted(m.step for m in history) == [0, 1]  # the mean over both processes, per epoch
+        assert all(math.isfinite(m.value) for m in history)
+    # (backend=fused under DDP is refused before any process starts: tests/backends.)
