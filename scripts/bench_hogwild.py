@@ -59,7 +59,8 @@ def run_case(case: str, ids, perm_ids, labels, cards, lr: float) -> dict[str, fl
     model = FFM(cards, dim=4)
     threads = 2 if case.startswith("hogwild") else 1
     trainer = FusedTrainer(model, lr=lr, initial_accumulator_value=1.0, threads=threads)
-    trainer.prefetch_write = case == "pair-prefetchw"
+    if case.startswith("pair"):  # one-thread trainers: their default reads; hogwild's writes
+        trainer.prefetch_write = case == "pair-prefetchw"
     n, half = len(ids), len(ids) // 2
     for s in range(0, n, BATCH):  # warm-up pass: every row touched once, caches settled
         trainer.train_batch(ids[s : s + BATCH], labels[s : s + BATCH])

@@ -266,8 +266,12 @@ class FusedFFMTrainer(FusedTrainerBase):
     chunk_rows = 256  # ~1.5 ms of work per piece on Criteo-size rows
     #: Examples ahead whose rows each example prefetches while it updates its own (0: none).
     prefetch_ahead = 1
-    #: Prefetch the next example's rows for writing (PREFETCHW) rather than for reading.
-    prefetch_write = False
+    #: Prefetch the next example's rows for writing (PREFETCHW) rather than for reading; None:
+    #: for writing when threads > 1. Measured idle (scripts/bench_hogwild.py, 2 cores): two
+    #: threads on one table cost 16.3 CPU-us an example for reading, 13.6 for writing (solo 9.0;
+    #: hot rows disjoint between the threads 12.1), i.e. most of what the threads lose to each
+    #: other is cache lines of shared hot rows fetched shared and then upgraded for the write.
+    prefetch_write: bool | None = None
 
     def new_scratch(self, parts: int) -> list[Scratch]:
         return [Scratch(self.num_fields, self.dim) for _ in range(parts)]
@@ -279,8 +283,13 @@ class FusedFFMTrainer(FusedTrainerBase):
             params["linear.weight"], params["bias"], accums[0], accums[1], accums[2],
             dim_token(self.num_fields), dim_token(self.dim), self.kernel_opt, self.lr, self.eps,
             self.weight_decay, scratch.XT, scratch.XTw, scratch.rows, self.prefetch_ahead,
-            self.prefetch_write,
+            self.prefetches_for_writing,
         )  # fmt: skip
+
+    @property
+    def prefetches_for_writing(self) -> bool:
+        """`prefetch_write` resolved: None means for writing exactly when threads > 1."""
+        return self.threads > 1 if self.prefetch_write is None else bool(self.prefetch_write)
 
 
 class FFMPredictor(FusedPredictorBase):
