@@ -16,7 +16,6 @@ import cvr.data.build as build
 import cvr.data.plan as plan
 from cvr.data.build import build_file_store, plan_build
 from cvr.data.fingerprint import DigestCache, StreamDigest, file_key, sha256_of
-from cvr.data.readers import lines
 from cvr.data.readers.lines import iter_line_blocks
 from cvr.data.store import EncodedStore, _move_into_place
 
@@ -103,14 +102,7 @@ def _zstd(data: bytes, path) -> None:
         (".zst", "zstd"),
     ],
 )
-@pytest.mark.parametrize("isal", [True, False])
-def test_line_blocks_feed_the_digest_every_byte_of_the_file(
-    tmp_path, suffix, compress, isal, monkeypatch
-):
-    if not isal:
-        monkeypatch.setattr(lines, "_isal", lambda: None)
-    elif lines._isal() is None:
-        pytest.skip("the optional isal package is not installed")
+def test_line_blocks_feed_the_digest_every_byte_of_the_file(tmp_path, suffix, compress, inflate):
     data = _text(3000)
     path = tmp_path / f"a.csv{suffix}"
     if compress == "zstd":

@@ -15,7 +15,7 @@ import pytest
 from cvr.data.build import build_file_store, plan_build, split_codes
 from cvr.data.errors import DataError
 from cvr.data.preprocess import Preprocessor
-from cvr.data.readers import lines, open_reader
+from cvr.data.readers import open_reader
 from cvr.data.readers.lines import iter_line_blocks
 from cvr.data.schema import Schema, SchemaError
 
@@ -79,12 +79,7 @@ def test_compressed_files_read_as_streams(tmp_path, suffix, compress):
     assert b.info.sources[0].path == str(packed)
 
 
-@pytest.mark.parametrize("inflate", ["isal", "pyarrow"])
-def test_corrupt_gzip_names_the_file(tmp_path, inflate, monkeypatch):
-    if inflate == "pyarrow":
-        monkeypatch.setattr(lines, "_isal", lambda: None)
-    elif lines._isal() is None:
-        pytest.skip("the optional isal package is not installed")
+def test_corrupt_gzip_names_the_file(tmp_path, inflate):
     good = gzip.compress(("\n".join(_rows(5000, 1)) + "\n").encode())
     bad = tmp_path / "d.tsv.gz"
     bad.write_bytes(good[: len(good) // 2] + b"\x00garbage" * 100)
@@ -92,12 +87,7 @@ def test_corrupt_gzip_names_the_file(tmp_path, inflate, monkeypatch):
         _build(tmp_path, bad)
 
 
-@pytest.mark.parametrize("inflate", ["isal", "pyarrow"])
-def test_gzip_members_one_after_another_are_one_file(tmp_path, inflate, monkeypatch):
-    if inflate == "pyarrow":
-        monkeypatch.setattr(lines, "_isal", lambda: None)
-    elif lines._isal() is None:
-        pytest.skip("the optional isal package is not installed")
+def test_gzip_members_one_after_another_are_one_file(tmp_path, inflate):
     text = [("\n".join(_rows(3000, i)) + "\n").encode() for i in range(3)]
     path = tmp_path / "cat.tsv.gz"  # as `cat a.gz b.gz c.gz` makes it
     path.write_bytes(b"".join(gzip.compress(t) for t in text))
