@@ -1,4 +1,4 @@
-"""Provisional ids to final ids, in place or grouped by split, one compiled pass over the rows.
+"""Provisional ids to final ids, grouped by split, in one compiled pass over the rows.
 
 Once the vocabulary is fitted, `cvr.data.encode` turns every column's provisional ids into the
 Preprocessor's ids through a per-column remap table (`final_ids`).
@@ -8,21 +8,6 @@ from __future__ import annotations
 
 import numpy as np
 from numba import njit
-
-
-@njit(cache=True, nogil=True)
-def _remap_rows(ids, remaps, offsets):  # pragma: no cover
-    for i in range(ids.shape[0]):
-        for j in range(ids.shape[1]):
-            if offsets[j] >= 0:
-                ids[i, j] = remaps[offsets[j] + ids[i, j]]
-
-
-def remap_columns(ids: np.ndarray, remaps: dict[int, np.ndarray]) -> None:
-    """In place: ids[:, j] = remaps[j][ids[:, j]] for each j in `remaps`, one pass over rows."""
-    table, offsets = _remap_table(ids.shape[1], remaps)
-    if len(table):
-        _remap_rows(ids, table, offsets)
 
 
 def _remap_table(width: int, remaps: dict[int, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -60,9 +45,9 @@ def remap_split_rows(
     remaps: dict[int, np.ndarray],
     parts: int,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(ids, labels, bounds (parts + 1,)): the rows remapped as `remap_columns` does and grouped
-    by their code 0..parts-1 in one pass, file order kept within a group; group c is rows
-    bounds[c]:bounds[c + 1]."""
+    """(ids, labels, bounds (parts + 1,)): ids[:, j] = remaps[j][ids[:, j]] for each j in
+    `remaps`, the rows grouped by their code 0..parts-1 in one pass, file order kept within a
+    group; group c is rows bounds[c]:bounds[c + 1]."""
     table, offsets = _remap_table(ids.shape[1], remaps)
     codes = np.ascontiguousarray(codes, dtype=np.int8)
     bounds = np.zeros(parts + 1, dtype=np.int64)
