@@ -18,7 +18,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from cvr.ops.manifest import fingerprint, write_json_atomic
+from cvr.ops.manifest import fingerprint, sha256_file, write_json_atomic
 
 # Bump when the encoding of the same inputs changes, so old cached stores are not reused.
 BUILD_VERSION = 1
@@ -50,14 +50,8 @@ def store_fingerprint(
 
 
 def sha256_of(path: str | Path) -> str:
-    """sha256 of a file's bytes, read in 16 MiB blocks into one buffer."""
-    digest = hashlib.sha256()
-    buf = bytearray(_HASH_BLOCK)
-    view = memoryview(buf)
-    with open(path, "rb", buffering=0) as fh:
-        while n := fh.readinto(buf):
-            digest.update(view[:n])
-    return digest.hexdigest()
+    """An input file's sha256 (what the build hashes outside its pass), in 16 MiB reads."""
+    return sha256_file(path, _HASH_BLOCK)
 
 
 def file_key(path: str | Path) -> dict[str, int]:

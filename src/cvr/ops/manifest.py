@@ -23,11 +23,14 @@ class ManifestError(RuntimeError):
     """An artifact does not match its manifest; the message names the file and what differs."""
 
 
-def sha256_file(path: str | os.PathLike) -> str:
+def sha256_file(path: str | os.PathLike, block_bytes: int = _CHUNK) -> str:
+    """sha256 of a file's bytes, read in blocks of `block_bytes` into one reused buffer."""
     digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(_CHUNK):
-            digest.update(chunk)
+    buf = bytearray(block_bytes)
+    view = memoryview(buf)
+    with open(path, "rb", buffering=0) as fh:
+        while n := fh.readinto(buf):
+            digest.update(view[:n])
     return digest.hexdigest()
 
 
