@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from cvr.data.arrow_numpy import from_numpy, from_strings, to_numpy
 from cvr.data.log_table import LogTable
 from cvr.data.prefetch import prefetch
 from cvr.data.preprocess import (
@@ -94,11 +95,11 @@ class OnePassEncoder:
             elif enc.kind == "numeric":
                 ids[:, j] = self.tables[j].encode(numbers_of(col))
             elif pa.types.is_int32(col.type):  # provisional ids: looked up by the reader
-                ids[:, j] = col.to_numpy()
+                ids[:, j] = to_numpy(col)
             else:
                 ids[:, j] = self.tables[j].encode(col)
         labels = np.column_stack(
-            [batch.column(lbl).to_numpy(zero_copy_only=False) for lbl in self.pre.schema.labels]
+            [to_numpy(batch.column(lbl)) for lbl in self.pre.schema.labels]
         ).astype(np.float32)
         ids.tofile(self._files["ids"])
         labels.tofile(self._files["labels"])
@@ -115,7 +116,7 @@ class OnePassEncoder:
         if enc.kind == "categorical":
             h = hash_strings(col)
             ids = 1 + (h % np.uint64(enc.hash_buckets))
-            return np.where(col.is_null().to_numpy(zero_copy_only=False), 0, ids)
+            return np.where(to_numpy(col.is_null()), 0, ids)
         values = numbers_of(col)
         keys, inverse = np.unique(criteo_log_keys(values), return_inverse=True)
         names = pa.array([criteo_log_name(k) for k in keys.tolist()], pa.string())
@@ -161,9 +162,7 @@ class OnePassEncoder:
             if isinstance(table, StringTable):
                 values = table.values()
             else:
-                values = pa.array(
-                    [criteo_log_name(k) for k in table.values().tolist()], pa.string()
-                )
+                values = from_strings([criteo_log_name(k) for k in table.values().tolist()])
             vocab, remap = final_ids(values, counts[1:], encoders[j].min_count)
             encoders[j].vocab = vocab
             self._remaps[j] = remap
@@ -235,8 +234,9 @@ def final_ids(values: pa.Array, counts: np.ndarray, min_count: int) -> tuple[lis
     (0 for dropped values and for the missing id 0).
     """
     kept = np.flatnonzero(counts >= max(int(min_count), 1))
-    table = pa.table({"v": values.take(pa.array(kept)), "c": counts[kept], "i": kept})
+    kept_ids = from_numpy(kept)
+    table = pa.table({"v": values.take(kept_ids), "c": from_numpy(counts[kept]), "i": kept_ids})
     table = table.sort_by([("c", "descending"), ("v", "ascending")])
     remap = np.zeros(len(counts) + 1, dtype=np.int32)
-    remap[table["i"].to_numpy() + 1] = np.arange(1, len(kept) + 1, dtype=np.int32)
+    remap[to_numpy(table["i"]) + 1] = np.arange(1, len(kept) + 1, dtype=np.int32)
     return table["v"].to_pylist(), remap

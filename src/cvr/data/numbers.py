@@ -10,6 +10,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from cvr.data.arrow_numpy import to_numpy
+
 # A decimal number, ASCII digits only (RE2's \d would accept other scripts' digits).
 NUMBER_RE = r"^[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?$"
 # Spellings of a missing numeric value (empty is the usual one; the rest are what pandas writes).
@@ -32,7 +34,7 @@ def parse_numbers(col: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         cast = pc.cast(blank_to_null(col), pa.float64())
     except pa.ArrowInvalid:
         return parse_numbers_checked(col)
-    values = cast.to_numpy(zero_copy_only=False)  # null -> NaN
+    values = to_numpy(cast)  # null -> NaN
     missing = np.isnan(values)
     if cast.null_count != int(missing.sum()) or not np.isfinite(values[~missing]).all():
         return parse_numbers_checked(col)
@@ -45,9 +47,7 @@ def parse_numbers_checked(col: pa.Array) -> tuple[np.ndarray, np.ndarray, np.nda
     missing = pc.or_(pc.is_null(s), pc.is_in(s, value_set=pa.array(MISSING_NUMBER, pa.string())))
     ok = pc.fill_null(pc.match_substring_regex(s, NUMBER_RE), False)
     values = pc.cast(pc.if_else(ok, s, pa.scalar(None, s.type)), pa.float64())
-    values = values.to_numpy(zero_copy_only=False)
-    missing = missing.to_numpy(zero_copy_only=False)
-    ok = ok.to_numpy(zero_copy_only=False)
+    values, missing, ok = to_numpy(values), to_numpy(missing), to_numpy(ok)
     bad = ~missing & ~(ok & np.isfinite(values))
     return np.where(missing, np.nan, values), missing, bad
 

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from cvr.data.arrow_numpy import to_numpy
 from cvr.data.encode import OnePassEncoder
 from cvr.data.errors import check_on_error
 from cvr.data.fingerprint import DigestCache, file_key, sha256_of, store_fingerprint
@@ -56,7 +57,7 @@ class BuildPlan:
 
 def split_codes(plan: BuildPlan, src: Source, batch: pa.RecordBatch) -> np.ndarray | None:
     """Split codes of a batch of `src`, or None for a time split (known only at the end)."""
-    lines = batch.column(LINE_COLUMN).to_numpy()
+    lines = to_numpy(batch.column(LINE_COLUMN))
     return source_split_codes(plan.schema.split, plan.has_val_file, src, lines)
 
 

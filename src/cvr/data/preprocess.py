@@ -39,6 +39,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from cvr.data.arrow_numpy import to_numpy
 from cvr.data.errors import DataError
 from cvr.data.records import plain_category, plain_number, records_batch
 from cvr.data.schema import Schema, SchemaError
@@ -238,7 +239,7 @@ def quantile_ids(boundaries: list[float] | None, values: np.ndarray) -> np.ndarr
 
 def numbers_of(col: pa.Array) -> np.ndarray:
     """float64 (n,) with NaN for null."""
-    return pc.fill_null(col.cast(pa.float64()), np.nan).to_numpy(zero_copy_only=False)
+    return to_numpy(col if col.type == pa.float64() else col.cast(pa.float64()))
 
 
 class StrideSample:

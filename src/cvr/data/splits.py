@@ -16,6 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from cvr.data.arrow_numpy import to_numpy
 from cvr.data.numbers import parse_numbers
 from cvr.data.preprocess import mix64
 from cvr.data.schema import SplitRule
@@ -45,7 +46,7 @@ def time_split_codes(times: pa.Array, val: float, test: float) -> np.ndarray:
     if not bad.any():
         order = np.argsort(np.where(missing, -np.inf, values), kind="stable")
     else:
-        order = pc.sort_indices(times, null_placement="at_start").to_numpy()
+        order = to_numpy(pc.sort_indices(times, null_placement="at_start"))
     n_test = round(test * n)
     n_val = round(val * n)
     codes = np.full(n, TRAIN, dtype=np.int8)

@@ -21,6 +21,8 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from cvr.data.arrow_numpy import to_numpy
+
 _FNV_OFFSET = np.uint64(0xCBF29CE484222325)
 _FNV_PRIME = np.uint64(0x100000001B3)
 
@@ -242,7 +244,7 @@ def _string_buffers(arr: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     offsets = np.frombuffer(bufs[1], dtype=width)[arr.offset : arr.offset + n + 1]
     data = np.frombuffer(bufs[2], dtype=np.uint8) if bufs[2] is not None else np.zeros(1, np.uint8)
     if arr.null_count:
-        valid = arr.is_valid().to_numpy(zero_copy_only=False)
+        valid = to_numpy(arr.is_valid())
     else:
         valid = np.ones(n, dtype=bool)
     return data, offsets, valid

@@ -24,6 +24,7 @@ from typing import ClassVar
 import numpy as np
 import pyarrow as pa
 
+from cvr.data.arrow_numpy import from_numpy, to_numpy
 from cvr.data.errors import BAD_LABEL, BAD_NUMBER, LINE_TOO_LONG, DataError, check_on_error
 from cvr.data.numbers import blank_to_null, parse_numbers
 from cvr.data.readers.lines import (
@@ -82,7 +83,7 @@ def raw_value(col: pa.Array, i: int) -> str:
 
 def list_item(lists: pa.Array, counts: np.ndarray, j: int) -> pa.Array:
     """Item j of every list in `lists` (null where a list is shorter), without a row loop."""
-    offsets = lists.offsets.to_numpy()
+    offsets = to_numpy(lists.offsets)
     has = counts > j
     idx = pa.array(np.where(has, offsets[:-1] + j, 0), type=pa.int64(), mask=~has)
     return lists.values.take(idx)
@@ -246,18 +247,18 @@ class Reader:
                 self.skipped[reason] = self.skipped.get(reason, 0) + n
             if not keep.any():
                 return None
-        keep_idx = None if keep.all() else pa.array(np.flatnonzero(keep))
+        keep_idx = None if keep.all() else from_numpy(np.flatnonzero(keep))
         arrays, names = [], []
         for name, value in out.items():
             if isinstance(value, np.ndarray):
                 # A store build reads NaN as missing: no validity bitmap to build and undo.
                 mask = None if self.nan_missing else numeric_masks.get(name)
-                value = pa.array(value, type=pa.float64(), mask=mask)
+                value = from_numpy(value, type=pa.float64(), mask=mask)
             if keep_idx is not None:
                 value = value.take(keep_idx)
             arrays.append(value.cast(pa.string()) if _is_text(value) else value)
             names.append(name)
-        arrays.append(pa.array(np.asarray(lines, dtype=np.int64)[keep]))
+        arrays.append(from_numpy(np.asarray(lines, dtype=np.int64)[keep]))
         names.append(LINE_COLUMN)
         return pa.RecordBatch.from_arrays(arrays, names=names)
 

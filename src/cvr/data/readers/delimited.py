@@ -19,6 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from cvr.data.arrow_numpy import from_numpy
 from cvr.data.errors import BAD_ENCODING, WRONG_COLUMN_COUNT, DataError
 from cvr.data.numbers import blank_to_null
 from cvr.data.prefetch import prefetch
@@ -207,7 +208,7 @@ class DelimitedReader(TextReader):
         for q, (c, table) in enumerate(tables.items()):
             k = srcs.index(c)
             ids = table.encode_spans(block.buf, col_start[k], col_end[k], True, cut.keys[q])
-            columns[c] = pa.array(ids)
+            columns[c] = from_numpy(ids)
         text = [k for k, c in enumerate(srcs) if c not in columns]
         strings = gather(block.buf, col_start, col_end, text)
         columns.update(zip([srcs[k] for k in text], strings, strict=True))
