@@ -76,3 +76,51 @@ def test_eval_loaders_keep_file_order(tmp_path):
     dm = StoreDataModule(store, batch_size=4, eval_batch_size=4)
     got = np.concatenate([b[0].numpy() for b in dm.val_dataloader()])
     np.testing.assert_array_equal(got, ids[:10])
+
+
+@pytest.mark.parametrize("chunk_rows", [1, 7, 50, 1000])
+def test_rewrite_in_place_equals_writing_the_transformed_rows(tmp_path, chunk_rows):
+    """A split's ids rewritten in place, chunk by chunk: the same files and digests as a store
+    written with the final rows to begin with."""
+    rows, fields = 103, 3
+    ids = np.arange(rows * fields, dtype=np.int32).reshape(rows, fields)
+    labels = np.arange(rows) % 2
+    final = ids * 3 + 1
+    direct = StoreWriter(tmp_path / "direct", fields, 1)
+    direct.append("train", final, labels)
+    direct.append("val", final[:5], labels[:5])
+    writer = StoreWriter(tmp_path / "rewritten", fields, 1)
+    writer.append("train", ids[:40], labels[:40])
+    writer.append("train", ids[40:], labels[40:])
+    writer.append("val", ids[:5], labels[:5])
+    starts = []
+
+    def transform(chunk, start):
+        starts.append(start)
+        np.testing.assert_array_equal(chunk, ids[start : start + len(chunk)])
+        chunk *= 3
+        chunk += 1
+
+    writer.rewrite("train", "ids", transform, chunk_rows)
+    writer.rewrite("val", "ids", lambda chunk, start: np.copyto(chunk, chunk * 3 + 1), chunk_rows)
+    assert starts == list(range(0, rows, chunk_rows))
+    meta = {"fingerprint": "x", "cardinalities": [1000] * fields, "labels": ["click"]}
+    a, b = direct.finish(dict(meta)), writer.finish(dict(meta))
+    assert a.meta["files"] == b.meta["files"]
+    np.testing.assert_array_equal(EncodedStore.open(b.path).ids("train"), final)  # verified
+    with pytest.raises(ValueError, match="no appended rows"):
+        StoreWriter(tmp_path / "empty", fields, 1).rewrite("test", "ids", transform)
+
+
+def test_a_failed_rewrite_leaves_nothing(tmp_path):
+    writer = StoreWriter(tmp_path / "s", 2, 1)
+    writer.append("train", np.zeros((9, 2), dtype=np.int32), np.zeros(9))
+
+    def transform(chunk, start):
+        if start >= 4:
+            raise RuntimeError("remap failed")
+
+    with pytest.raises(RuntimeError, match="remap failed"):
+        writer.rewrite("train", "ids", transform, 4)
+    writer.abort()
+    assert list(tmp_path.iterdir()) == []

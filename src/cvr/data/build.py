@@ -158,8 +158,10 @@ def build_file_store(
         plan.schema.num_fields,
         len(plan.schema.labels),
     )
+    # Rows whose split is known as they are read go straight into the store (time split: not).
+    direct = writer if plan.schema.split.method != "time" else None
     encoder = OnePassEncoder(
-        Preprocessor(plan.schema, plan.config), writer.tmp, len(plan.schema.labels)
+        Preprocessor(plan.schema, plan.config), writer.tmp, len(plan.schema.labels), direct
     )
     streams = {}
     if in_pass:

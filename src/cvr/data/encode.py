@@ -2,12 +2,18 @@
 
 Fitting the vocabulary on train and then encoding every split would read the files twice. Here
 each field's values get provisional ids in first-seen order (`cvr.data.vocab` tables) while the
-rows are written, in file order, to raw files inside the store's temporary directory together with
-their labels and split codes. The train counts of each provisional id give the vocabulary exactly
-as `Preprocessor.fit` would (count >= min_count, descending count, then value), quantile fields
-keep their float values until the boundaries are known, and a last streaming pass over the raw
-files remaps the ids and appends each row to its split. Tests hold the result equal to
-`Preprocessor.fit` + `transform` on the same batches.
+rows are written. The train counts of each provisional id give the vocabulary exactly as
+`Preprocessor.fit` would (count >= min_count, descending count, then value), and quantile fields
+keep their float values until the boundaries are known. Then:
+
+- where a batch's split codes come with it (random and per-file splits) and the encoder has the
+  store's writer, its rows go straight into their split's array, labels final, and a last pass
+  remaps each ids array in place (`StoreWriter.rewrite`): every id is written to a new file once;
+- otherwise (a time split: codes known at the end) the rows wait in raw files inside the store's
+  temporary directory, in file order, with their labels and codes, and a last streaming pass
+  remaps the ids and appends each row to its split.
+
+Tests hold the result equal to `Preprocessor.fit` + `transform` on the same batches.
 """
 
 from __future__ import annotations
@@ -33,7 +39,7 @@ from cvr.data.preprocess import (
     quantile_ids,
     stable_hash,
 )
-from cvr.data.remap import remap_split_rows
+from cvr.data.remap import remap_in_place, remap_split_rows, remap_table
 from cvr.data.store import SPLITS, StoreWriter
 from cvr.data.vocab import StringTable, count_ids, hash_strings
 
@@ -44,8 +50,13 @@ _SCATTER_ROWS = 1 << 17
 class OnePassEncoder:
     """Encode batches as they stream past; `fit()` then `write(writer)` (see module docstring)."""
 
-    def __init__(self, pre: Preprocessor, tmp: Path, num_labels: int) -> None:
+    def __init__(
+        self, pre: Preprocessor, tmp: Path, num_labels: int, writer: StoreWriter | None = None
+    ) -> None:
+        """`writer`: the store's, for batches that come with their split codes (see the module
+        docstring); `write` must then be given the same writer."""
         self.pre = pre
+        self.writer = writer
         self.encoders = pre.blank_encoders()
         self.tmp = Path(tmp)
         self.num_labels = num_labels
@@ -73,10 +84,10 @@ class OnePassEncoder:
         self.rows = 0
         self.train_rows = 0
         self.split_rows = np.zeros(len(SPLITS), dtype=np.int64)
-        self._files = {
-            name: open(self.tmp / f"encode.{name}.raw", "wb")
-            for name in ("ids", "labels", "codes", "quantile")
-        }
+        names = ("ids", "labels", "codes", "quantile") if writer is None else ()
+        if writer is not None and self.quantile:
+            names = tuple(f"quantile.{split}" for split in SPLITS)
+        self._files = {name: open(self.tmp / f"encode.{name}.raw", "wb") for name in names}
         self._remaps: dict[int, np.ndarray] = {}
         self.fitted: Preprocessor | None = None
 
@@ -101,6 +112,13 @@ class OnePassEncoder:
         labels = np.column_stack(
             [to_numpy(batch.column(lbl)) for lbl in self.pre.schema.labels]
         ).astype(np.float32)
+        if self.writer is not None:
+            if codes is None:
+                raise ValueError("an encoder given the store's writer needs each batch's codes")
+            self._fit_rows(ids, qvalues, np.asarray(codes) == TRAIN)
+            self._append_by_split(ids, labels, qvalues, np.asarray(codes, dtype=np.int8))
+            self.rows += n
+            return
         ids.tofile(self._files["ids"])
         labels.tofile(self._files["labels"])
         if self.quantile:
@@ -110,6 +128,21 @@ class OnePassEncoder:
             self.split_rows += np.bincount(codes, minlength=len(SPLITS))[: len(SPLITS)]
             self._fit_rows(ids, qvalues, np.asarray(codes) == TRAIN)
         self.rows += n
+
+    def _append_by_split(
+        self, ids: np.ndarray, labels: np.ndarray, qvalues: np.ndarray, codes: np.ndarray
+    ) -> None:
+        """The batch's rows appended to their splits' arrays (provisional ids), file order kept;
+        quantile values to their split's raw file in the same order."""
+        grouped, grouped_labels, bounds = remap_split_rows(ids, labels, codes, {}, len(SPLITS))
+        self.split_rows += np.diff(bounds)
+        order = np.argsort(codes, kind="stable") if self.quantile else None
+        for c, split in enumerate(SPLITS):
+            a, b = int(bounds[c]), int(bounds[c + 1])
+            if b > a:
+                self.writer.append(split, grouped[a:b], grouped_labels[a:b])
+                if order is not None:
+                    qvalues[order[a:b]].tofile(self._files[f"quantile.{split}"])
 
     @staticmethod
     def _hash_ids(enc: FieldEncoder, col: pa.Array) -> np.ndarray:
@@ -142,6 +175,8 @@ class OnePassEncoder:
 
     def set_codes(self, codes: np.ndarray) -> None:
         """Split codes of every row, known only after the pass (time split): fit from the files."""
+        if self.writer is not None:
+            raise ValueError("set_codes: this encoder's rows went to their splits as they came")
         if len(codes) != self.rows:
             raise ValueError(f"{len(codes)} split codes for {self.rows} rows")
         np.asarray(codes, dtype=np.int8).tofile(self._files["codes"])
@@ -174,11 +209,44 @@ class OnePassEncoder:
 
     def write(self, writer: StoreWriter) -> None:
         """Remap the provisional ids and append every row to its split, in file order: the
-        remapping runs a chunk ahead in a thread of its own, the writing (and hashing) here."""
+        remapping runs a chunk ahead in a thread of its own, the writing (and hashing) here.
+        With the store's writer (see `__init__`): each split's ids remapped in place."""
+        if self.writer is not None:
+            if writer is not self.writer:
+                raise ValueError("write: not the writer this encoder appended to")
+            self._rewrite_in_place()
+            return
         writer.expect_rows(dict(zip(SPLITS, self.split_rows.tolist(), strict=True)))
         for parts in prefetch(self._remapped(), depth=1, name="cvr-remap"):
             for split, ids, labels in parts:
                 writer.append(split, ids, labels)
+        for name in self._files:
+            (self.tmp / f"encode.{name}.raw").unlink(missing_ok=True)
+
+    def _rewrite_in_place(self) -> None:
+        """Each split's provisional ids remapped (and quantile ids filled in) in place."""
+        table = remap_table(len(self.encoders), self._remaps)
+        for c, split in enumerate(SPLITS):
+            if not self.split_rows[c]:
+                continue
+            qfile = None
+            if self.quantile:
+                qfile = open(self.tmp / f"encode.quantile.{split}.raw", "rb")
+
+            def transform(ids: np.ndarray, start: int, qfile=qfile) -> None:
+                if qfile is not None:
+                    width = len(self.quantile)
+                    qvalues = np.fromfile(qfile, dtype=np.float64, count=len(ids) * width)
+                    qvalues = qvalues.reshape(len(ids), width)
+                    for j, q in self.quantile.items():
+                        ids[:, j] = quantile_ids(self.encoders[j].boundaries, qvalues[:, q])
+                remap_in_place(ids, table)
+
+            try:
+                self.writer.rewrite(split, "ids", transform, _SCATTER_ROWS)
+            finally:
+                if qfile is not None:
+                    qfile.close()
         for name in self._files:
             (self.tmp / f"encode.{name}.raw").unlink(missing_ok=True)
 

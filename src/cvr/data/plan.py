@@ -24,7 +24,7 @@ from cvr.data.errors import check_on_error
 from cvr.data.fingerprint import DigestCache, file_key, sha256_of, store_fingerprint
 from cvr.data.preprocess import PreprocessConfig, Preprocessor
 from cvr.data.readers import DEFAULT_CHUNK_ROWS, LINE_COLUMN, READERS, Reader, open_reader
-from cvr.data.remap import remap_split_rows
+from cvr.data.remap import remap_in_place, remap_split_rows, remap_table
 from cvr.data.schema import Schema, SchemaError
 from cvr.data.sources import Source, libffm_schema, plain, resolve_sources, split_rule
 from cvr.data.splits import source_split_codes
@@ -153,6 +153,7 @@ def warm_up(plan: BuildPlan) -> None:
             encoder.abort()
             one = np.zeros((1, 1), dtype=np.int32)
             remap_split_rows(one, one.astype(np.float32), one[0], {0: one[0]}, len(SPLITS))
+            remap_in_place(one.copy(), remap_table(1, {0: one[0]}))
     except Exception:  # a warm-up only: the build itself reports any problem
         log.debug("warm-up failed", exc_info=True)
 

@@ -1,4 +1,4 @@
-"""Provisional ids to final ids, grouped by split, in one compiled pass over the rows.
+"""Provisional ids to final ids: grouped by split in one compiled pass over the rows, or in place.
 
 Once the vocabulary is fitted, `cvr.data.encode` turns every column's provisional ids into the
 Preprocessor's ids through a per-column remap table (`final_ids`).
@@ -10,7 +10,7 @@ import numpy as np
 from numba import njit
 
 
-def _remap_table(width: int, remaps: dict[int, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+def remap_table(width: int, remaps: dict[int, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """(every remap concatenated, offsets (width,): where column j's starts, -1 for none)."""
     offsets = np.full(width, -1, dtype=np.int64)
     parts, at = [], 0
@@ -48,7 +48,7 @@ def remap_split_rows(
     """(ids, labels, bounds (parts + 1,)): ids[:, j] = remaps[j][ids[:, j]] for each j in
     `remaps`, the rows grouped by their code 0..parts-1 in one pass, file order kept within a
     group; group c is rows bounds[c]:bounds[c + 1]."""
-    table, offsets = _remap_table(ids.shape[1], remaps)
+    table, offsets = remap_table(ids.shape[1], remaps)
     codes = np.ascontiguousarray(codes, dtype=np.int8)
     bounds = np.zeros(parts + 1, dtype=np.int64)
     bounds[1:] = np.cumsum(np.bincount(codes, minlength=parts)[:parts])
@@ -56,3 +56,17 @@ def remap_split_rows(
     out_labels = np.empty_like(labels)
     _remap_split(ids, labels, codes, table, offsets, bounds[:-1].copy(), out_ids, out_labels)
     return out_ids, out_labels, bounds
+
+
+@njit(cache=True, nogil=True)
+def _remap_in_place(ids, table, offsets):  # pragma: no cover
+    for i in range(ids.shape[0]):
+        for j in range(ids.shape[1]):
+            if offsets[j] >= 0:
+                ids[i, j] = table[offsets[j] + ids[i, j]]
+
+
+def remap_in_place(ids: np.ndarray, table: tuple[np.ndarray, np.ndarray]) -> None:
+    """ids[:, j] = remaps[j][ids[:, j]] for every column j with a remap, in place; `table` is
+    `remap_table(ids.shape[1], remaps)`, built once for every chunk."""
+    _remap_in_place(ids, *table)

@@ -19,12 +19,13 @@ import os
 import shutil
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
+from cvr.data.prefetch import prefetch
 from cvr.data.store_meta import SourceFile, StoreMeta
 from cvr.ops.manifest import ManifestError, atomic_directory, sha256_file, write_json_atomic
 
@@ -105,6 +106,54 @@ class StoreWriter:
         self._rows[split] = self._rows.get(split, 0) + len(ids)
         sums = labels.astype(np.float64).sum(axis=0)
         self._label_sums[split] = self._label_sums.get(split, 0) + sums
+
+    def rewrite(
+        self,
+        split: str,
+        name: str,
+        transform: Callable[[np.ndarray, int], None],
+        chunk_rows: int = 1 << 17,
+    ) -> None:
+        """After the last append of `split`: `transform(rows, start)` changes the array's rows
+        in place, chunk by chunk (rows start..start+len), on disk; the array gets its final
+        header and is hashed as it is rewritten.
+
+        Overwriting pages already in the page cache costs a fraction of writing a new file
+        (a provisional copy plus the final one). A thread reads and transforms a chunk ahead
+        of the writing and hashing, through three buffers reused for the whole array.
+        """
+        key = (split, name)
+        if key not in self._handles or key in self._digests:
+            raise ValueError(f"rewrite: {split}.{name} has no appended rows to rewrite")
+        self._handles[key].close()
+        rows = self._rows[split]
+        width = self.num_fields if name == "ids" else self.num_labels
+        dtype = _DTYPES[name]
+        header = _npy_header(rows, width, dtype)
+        if len(header) != len(_npy_header(self._expected.get(split, 0), width, dtype)):
+            raise ValueError(f"rewrite: the header of {rows} rows outgrew its placeholder")
+        path = self.tmp / f"{split}.{name}.npy"
+        chunk_rows = max(1, min(chunk_rows, rows))
+        buffers = [np.empty((chunk_rows, width), dtype=dtype) for _ in range(3)]
+
+        def transformed(src: BinaryIO) -> Iterator[np.ndarray]:
+            for k, start in enumerate(range(0, rows, chunk_rows)):
+                view = buffers[k % 3][: min(chunk_rows, rows - start)]
+                if src.readinto(memoryview(view).cast("B")) != view.nbytes:
+                    raise OSError(f"{path}: shorter than its {rows} rows")
+                transform(view, start)
+                yield view
+
+        digest = hashlib.sha256(header)
+        with open(path, "rb") as src, open(path, "r+b") as dst:
+            src.seek(len(header))
+            dst.write(header)
+            # depth 1 with 3 buffers: the thread never refills the buffer being written
+            for view in prefetch(transformed(src), depth=1, name="cvr-rewrite"):
+                dst.write(memoryview(view).cast("B"))
+                digest.update(view)
+        self._digests[key] = digest
+        self._expected[split] = rows
 
     def _finish_array(self, split: str, name: str, rows: int) -> str:
         width = {"ids": self.num_fields}.get(name, self.num_labels)
