@@ -20,7 +20,7 @@ from cvr.data.build import build_file_store, plan_build, split_codes, time_split
 from cvr.data.log_table import LogTable
 from cvr.data.preprocess import Preprocessor, criteo_log_keys, numbers_of
 from cvr.data.readers import TIME_COLUMN, open_reader
-from cvr.data.remap import remap_split_rows
+from cvr.data.remap import remap_in_place, remap_split_rows, remap_table
 from cvr.data.schema import Schema
 from cvr.data.vocab import StringTable
 
@@ -156,13 +156,15 @@ def test_real_sample_build_equals_fit_then_transform(name, shared_data, tmp_path
         np.testing.assert_array_equal(np.asarray(store.ids(split)), np.concatenate(expected))
 
 
-def test_remap_split_rows_equals_remap_then_masks():
+@pytest.mark.parametrize("layout", ["C", "F"])
+def test_remap_split_rows_and_in_place_equal_remap_then_masks(layout):
     rng = np.random.default_rng(5)
-    ids = rng.integers(0, 50, size=(1000, 4)).astype(np.int32)
+    ids = np.asarray(rng.integers(0, 50, size=(1000, 4)), dtype=np.int32, order=layout)
     labels = rng.random((1000, 2)).astype(np.float32)
     codes = rng.integers(0, 3, size=1000).astype(np.int8)
     remaps = {0: rng.permutation(50).astype(np.int32), 2: rng.integers(0, 9, 50).astype(np.int32)}
     out, out_labels, bounds = remap_split_rows(ids, labels, codes, remaps, 3)
+    assert out.flags.c_contiguous
     expected = ids.copy()
     for j, remap in remaps.items():  # the obvious reference: one fancy-indexing per column
         expected[:, j] = remap[ids[:, j]]
@@ -171,6 +173,9 @@ def test_remap_split_rows_equals_remap_then_masks():
         np.testing.assert_array_equal(out[rows], expected[codes == c])
         np.testing.assert_array_equal(out_labels[rows], labels[codes == c])
     assert bounds[-1] == 1000
+    in_place = ids.copy(order="C")
+    remap_in_place(in_place, remap_table(4, remaps))
+    np.testing.assert_array_equal(in_place, expected)
 
 
 def test_log_table_ids_are_first_seen_criteo_log_keys():

@@ -95,7 +95,9 @@ class OnePassEncoder:
     def add(self, batch: pa.RecordBatch, codes: np.ndarray | None) -> None:
         """Encode one reader batch; `codes` are its split codes, or None until `set_codes`."""
         n = batch.num_rows
-        ids = np.empty((n, len(self.encoders)), dtype=np.int32)
+        # Column by column into column-major memory (each column one contiguous write); rows
+        # become C order where they are grouped by split or written.
+        ids = np.empty((len(self.encoders), n), dtype=np.int32).T
         qvalues = np.empty((n, len(self.quantile)), dtype=np.float64)
         for j, enc in enumerate(self.encoders):
             col = batch.column(enc.source)

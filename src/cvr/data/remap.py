@@ -52,8 +52,8 @@ def remap_split_rows(
     codes = np.ascontiguousarray(codes, dtype=np.int8)
     bounds = np.zeros(parts + 1, dtype=np.int64)
     bounds[1:] = np.cumsum(np.bincount(codes, minlength=parts)[:parts])
-    out_ids = np.empty_like(ids)
-    out_labels = np.empty_like(labels)
+    out_ids = np.empty(ids.shape, dtype=ids.dtype)  # C order, whatever the layout of ids
+    out_labels = np.empty(labels.shape, dtype=labels.dtype)
     _remap_split(ids, labels, codes, table, offsets, bounds[:-1].copy(), out_ids, out_labels)
     return out_ids, out_labels, bounds
 
