@@ -6,9 +6,12 @@ Runs train.py as `python train.py` would, with timers wrapped around the pipelin
 their modules are first imported (an import hook, so nothing is imported earlier than train.py
 itself would import it and the run's garbage-collector settings are its own). Phases nest:
 `MLflow run start` includes the mlflow import + store open and the params; `fit` includes
-`checkpoints`, `epoch curves` and `efficiency profile`; `finish_run` includes `log model` and
-`plots`. `imports + Hydra start` is process start to Hydra's first composition; `exit` (process
-teardown after the last Python code) is added by the caller, which sees the process end.
+`checkpoints`, `epoch curves` and `efficiency profile`. `imports + Hydra start` is process start
+to Hydra's first composition; `exit` (process teardown after the last Python code) is added by
+the caller, which sees the process end. MLflow's calls run in the tracking process
+(cvr.tracking.process): what the training process spends on them is its waits on that process
+(`waits on the tracking process`), and the tracking process's own seconds per call, which run
+beside training, are the `tracking process: <call>` rows.
 """
 
 from __future__ import annotations
@@ -17,31 +20,34 @@ import atexit
 import importlib.abc
 import importlib.machinery
 import json
+import os
 import runpy
 import sys
 import time
 from collections import defaultdict
+from pathlib import Path
 
 STARTED = time.time()
+#: cvr.tracking.process.SECONDS_FILE_ENV (not imported: nothing is imported before train.py)
+SECONDS_ENV = "CVR_TRACKING_SECONDS"
 TOTALS: dict[str, float] = defaultdict(float)
 FIRST: dict[str, float] = {}
 #: module -> [(attribute path, phase)]
 TARGETS = {
     "hydra._internal.hydra": [("Hydra.compose_config", "Hydra composition")],
     "cvr.pipelines.train": [
-        ("start_tracking", "MLflow run start (import, store, params)"),
+        ("start_tracking", "MLflow run start (waits for the tracking process)"),
         ("build_module", "backend + numba kernels"),
         ("fit_and_test", "fit_and_test"),
     ],
-    "cvr.tracking.training_run": [
-        ("log_training_data", "MLflow dataset + tags"),
-        ("finish_run", "finish_run (MLflow)"),
+    "cvr.tracking.tracker": [
+        ("ProcessTracker.__init__", "tracking process start (spawn)"),
+        ("ProcessTracker.ask", "waits on the tracking process (all asks)"),
+        ("LocalTracker.call", "MLflow calls in this process"),
+        ("LocalTracker.ask", "MLflow calls in this process"),
     ],
-    "cvr.tracking.plots": [("log_run_artifacts", "  plots + summary.md")],
-    "cvr.tracking.store": [("ensure_store", "  mlflow import + store open")],
-    "cvr.tracking.mlflow_runs": [("log_config", "  params + config.yaml")],
+    "cvr.tracking.training_run": [("training_record", "MLflow dataset + tags record")],
     "cvr.tracking.epoch_logger": [("EpochMlflowLogger.log_metrics", "  epoch curves (MLflow)")],
-    "cvr.serving.pyfunc": [("log_pyfunc_model", "  log model (pyfunc)")],
     "cvr.serving.bundle": [("export_from_training", "bundle export")],
     "cvr.checkpointing": [("AtomicCheckpointIO.save_checkpoint", "  checkpoints")],
     "cvr.callbacks": [("profile_model", "  efficiency profile")],
@@ -93,12 +99,19 @@ def report(out: str) -> None:
     phases = dict(TOTALS)
     if "Hydra composition" in FIRST:
         phases["imports + Hydra start"] = FIRST["Hydra composition"]
+    # Seconds per call in the tracking process (cvr.tracking.process), which writes them when it
+    # exits: at train.py's exit, before this (atexit runs the later registration first).
+    seconds_file = Path(os.environ[SECONDS_ENV])
+    if seconds_file.is_file():
+        for name, seconds in json.loads(seconds_file.read_text()).items():
+            phases[f"tracking process: {name}"] = seconds
     with open(out, "w") as f:
         json.dump({"phases": phases, "started": STARTED, "ended": time.time()}, f)
 
 
 if __name__ == "__main__":
     out, script, *overrides = sys.argv[1:]
+    os.environ[SECONDS_ENV] = f"{out}.tracking.json"
     sys.meta_path.insert(0, Hook())
     atexit.register(report, out)
     sys.argv = [script, *overrides]

@@ -13,15 +13,25 @@ FAST = ["trainer.max_epochs=2", "datamodule.batch_size=512", "trainer.enable_pro
 
 
 def test_train_command_prints_table_and_logs_to_sqlite_mlflow(tmp_path):
+    # -X importtime lists what the training process imported (the tracking process it starts
+    # is a plain interpreter): MLflow's calls ran in the tracking process, mlflow never here.
     result = run_script(
-        ["train.py", f"paths.output_root={tmp_path}", "model=ffm", *TINY_DATA, *FAST]
-    )
+        ["-X", "importtime", "train.py", f"paths.output_root={tmp_path}", "model=ffm",
+         *TINY_DATA, *FAST]
+    )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     assert "oracle_auc" in result.stdout and "logloss" in result.stdout
+    imported = {
+        line.rsplit("|", 1)[1].strip().split(".")[0]
+        for line in result.stderr.splitlines()
+        if line.startswith("import time:") and "|" in line
+    }
+    assert "torch" in imported and not imported & {"mlflow", "sqlalchemy", "alembic"}
     client = mlflow.MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     runs = client.search_runs([client.get_experiment_by_name("cvr").experiment_id])
     assert len(runs) == 1
     run = runs[0]
+    assert run.info.status == "FINISHED"
     for name in (
         "val/auc",
         "test/auc",
@@ -48,6 +58,12 @@ def test_train_command_prints_table_and_logs_to_sqlite_mlflow(tmp_path):
     assert client.search_logged_models([experiment_id]) == []
     (run_dir,) = (tmp_path / "runs").iterdir()
     assert (run_dir / "bundle" / "manifest.json").is_file()
+    # Every epoch's curve point and the plots were committed before the run was FINISHED.
+    epochs = json.loads((run_dir / "metrics.json").read_text())["train/epochs_run"]
+    assert len(client.get_metric_history(run.info.run_id, "val/auc")) == epochs >= 1
+    assert "summary.md" in artifacts
+    plots = [a.path for a in client.list_artifacts(run.info.run_id, "plots")]
+    assert "plots/learning_curve.png" in plots
 
 
 def test_unknown_group_choice_names_the_valid_options(tmp_path):

@@ -13,6 +13,7 @@ from cvr.models.registry import SpecError
 from cvr.ops.manifest import ManifestError
 from cvr.pipelines.run_lifecycle import RunInUse
 from cvr.tracking.store import StoreError
+from cvr.tracking.tracker import TrackingProcessError
 
 
 class ConfigError(ValueError):
@@ -29,6 +30,7 @@ USER_ERRORS = (
     DiskFullError,
     RunInUse,
     StoreError,
+    TrackingProcessError,
 )
 
 

@@ -39,11 +39,12 @@ from cvr.pipelines.run_lifecycle import (
     owner_record,
     refuse_if_alive,
     signals_as_exceptions,
-    take_over,
+    taker,
 )
 from cvr.quiet import quiet_third_party
 from cvr.tracking import mlflow_runs, run_names, training_run
 from cvr.tracking.sweep import sweep_context
+from cvr.tracking.tracker import Tracker, discard_prestarted, tracker_for
 
 log = logging.getLogger(__name__)
 
@@ -294,15 +295,23 @@ def metrics_table(metrics: dict[str, float]) -> str:
     return "\n".join(lines)
 
 
-def start_tracking(cfg: DictConfig, output_dir: Path, resume_info: dict | None) -> str | None:
+def logs_model(cfg: DictConfig) -> bool:
+    """Whether the run logs its bundle as an MLflow model (`logger.log_model`, needs a bundle)."""
+    return bool(cfg.logger.get("log_model", False) and cfg.get("export_bundle", True))
+
+
+def start_tracking(
+    cfg: DictConfig, output_dir: Path, resume_info: dict | None, tracker: Tracker | None
+) -> str | None:
     """The MLflow run of this job (resumed, or new and a child of a sweep's parent)."""
-    if not cfg.logger.get("enabled"):
+    if tracker is None:
         return None
     if resume_info and resume_info.get("mlflow_run_id"):
         return resume_info["mlflow_run_id"]
     tracking = cfg.logger
     sweep = sweep_context()
-    run_id = mlflow_runs.start_run(
+    run_id = tracker.ask(
+        "start_run",
         tracking.tracking_uri,
         tracking.experiment,
         run_name=run_names.run_display_name(cfg, sweep),
@@ -316,11 +325,17 @@ def start_tracking(cfg: DictConfig, output_dir: Path, resume_info: dict | None) 
         parent_run_id=sweep["parent_run_id"] if sweep else None,
         unique_name=True,
     )
-    mlflow_runs.log_config(tracking.tracking_uri, run_id, cfg)
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    tracker.call("log_config", tracking.tracking_uri, run_id, resolved)
     return run_id
 
 
-def fit_and_test(cfg: DictConfig, resume_ckpt: Path | None, run_id: str | None) -> dict:
+def fit_and_test(
+    cfg: DictConfig,
+    resume_ckpt: Path | None,
+    run_id: str | None,
+    tracker: Tracker | None = None,
+) -> dict:
     """Build everything from the config, fit, test the best checkpoint; returns metrics."""
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     store = build_store(cfg)
@@ -333,9 +348,10 @@ def fit_and_test(cfg: DictConfig, resume_ckpt: Path | None, run_id: str | None) 
     if run_id is not None:
         from cvr.tracking.epoch_logger import EpochMlflowLogger
 
-        training_run.log_training_data(tracking.tracking_uri, run_id, cfg, store, label)
+        record = training_run.training_record(cfg, store, label)
+        tracker.call("log_training_data", tracking.tracking_uri, run_id, record)
         # Curves at step = epoch; summary metrics are logged once when the run ends.
-        loggers.append(EpochMlflowLogger(tracking.tracking_uri, run_id))
+        loggers.append(EpochMlflowLogger(tracker, tracking.tracking_uri, run_id))
     if task is not None:
         datamodule = FunnelDataModule(store, task, seed=cfg.seed, **cfg.datamodule)
     else:
@@ -349,7 +365,8 @@ def fit_and_test(cfg: DictConfig, resume_ckpt: Path | None, run_id: str | None) 
     )
     module = build_module(cfg, build_model(cfg, store.cardinalities), trainer, task)
     if run_id is not None:
-        mlflow_runs.set_tags(
+        tracker.call(
+            "set_tags",
             tracking.tracking_uri,
             run_id,
             {
@@ -361,13 +378,18 @@ def fit_and_test(cfg: DictConfig, resume_ckpt: Path | None, run_id: str | None) 
     launch_only_this_job(trainer.world_size)  # DDP inside a -m sweep: the children run this job
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume_ckpt) if resume_ckpt else None)
     metrics = {k: v for k, v in module.last_metrics.items() if k.startswith("val/")}
+    # The learning curve's ceiling (a FunnelModule scores the oracle of its own head and rows).
+    val_oracle = oracle_metrics(store, "val", label) if task is None else {}
+    if run_id is not None:  # drawn by the tracking process while this one tests and exports
+        fitted = {k: float(v) for k, v in module.last_metrics.items() if np.isscalar(v)}
+        tracker.call("log_plots", tracking.tracking_uri, run_id, {**fitted, **val_oracle})
     ckpt_cb = trainer.checkpoint_callback
     best = ckpt_cb.best_model_path if ckpt_cb is not None else ""
     trainer.test(module, datamodule=datamodule, ckpt_path=best or None, verbose=False)
     metrics.update(module.last_metrics)
-    if task is None:  # a FunnelModule scores the oracle of its own head and rows
+    if task is None:
         metrics.update(oracle_metrics(store, "test", label))
-        metrics.update(oracle_metrics(store, "val", label))  # the learning curve's ceiling
+        metrics.update(val_oracle)
     if "test/oracle_auc" in metrics:
         metrics["test/auc_gap"] = metrics["test/oracle_auc"] - metrics["test/auc"]
     metrics.update({f"data/skipped_{k}": float(v) for k, v in store.info.skipped.items()})
@@ -378,6 +400,9 @@ def fit_and_test(cfg: DictConfig, resume_ckpt: Path | None, run_id: str | None) 
     metrics["train/processes"] = float(trainer.world_size)
     metrics["train/weight_decay"] = float(cfg.optimizer.dense.get("weight_decay") or 0.0)
     final = {k: float(v) for k, v in metrics.items() if np.isscalar(v)}
+    if run_id is not None and not logs_model(cfg):
+        # Summary, plots and summary.md: drawn by the tracking process while this one exports.
+        tracker.call("finish_run", cfg.logger.tracking_uri, run_id, final, None, True)
     if cfg.get("export_bundle", True) and trainer.is_global_zero:
         from cvr.serving.bundle import export_from_training
 
@@ -405,7 +430,9 @@ def _publish_settings(cfg: DictConfig):
         raise ConfigError(str(exc)) from None
 
 
-def publish_tables(cfg: DictConfig, settings, bundle: Path, run_id: str | None) -> None:
+def publish_tables(
+    cfg: DictConfig, settings, bundle: Path, run_id: str | None, tracker: Tracker | None = None
+) -> None:
     """publish=true: the bundle's tables to a new collection version (cvr.vectorstore), the
     alias moved to it, and the collection and alias recorded as tags of the MLflow run."""
     from cvr.vectorstore.versions import publish
@@ -415,9 +442,8 @@ def publish_tables(cfg: DictConfig, settings, bundle: Path, run_id: str | None) 
     if run_id is not None:
         tags = {"uri": settings.uri, "collection": result.collection, "alias": result.alias}
         tags["rows"], tags["checksum"] = str(result.rows), result.checksum
-        mlflow_runs.set_tags(
-            cfg.logger.tracking_uri, run_id, {f"vectorstore.{k}": v for k, v in tags.items()}
-        )
+        tags = {f"vectorstore.{k}": v for k, v in tags.items()}
+        tracker.call("set_tags", cfg.logger.tracking_uri, run_id, tags)
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
@@ -438,7 +464,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         refuse_if_alive(resume[1], resume[0].parent.parent)
     # DDP processes started later inherit this environment: one resume decision for all.
     os.environ[_RESUME_ENV] = str(resume[0]) if resume else ""
-    run_id = start_tracking(cfg, output_dir, resume[1] if resume else None)
+    # MLflow calls go to the tracking process (cvr.tracking.tracker) train.py started early.
+    tracker = tracker_for(cfg.logger) if cfg.logger.get("enabled") else None
+    if tracker is None:
+        discard_prestarted()
+    run_id = start_tracking(cfg, output_dir, resume[1] if resume else None, tracker)
     write_json_atomic(
         output_dir / RUN_INFO,
         {
@@ -450,20 +480,20 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         },
     )
     if resume and run_id is not None:
-        take_over(cfg.logger.tracking_uri, run_id, resume[1])
+        tracker.call("take_over", cfg.logger.tracking_uri, run_id, resume[1], taker())
     if resume:
         log.info("resuming from %s", resume[0])
     publish_to = _publish_settings(cfg)  # a bad `publish` value fails before training
     try:
         with signals_as_exceptions():  # SIGTERM/SIGINT end the run as KILLED
-            metrics = fit_and_test(cfg, resume[0] if resume else None, run_id)
+            metrics = fit_and_test(cfg, resume[0] if resume else None, run_id, tracker)
             if publish_to is not None:
-                publish_tables(cfg, publish_to, output_dir / "bundle", run_id)
+                publish_tables(cfg, publish_to, output_dir / "bundle", run_id, tracker)
             bundle = output_dir / "bundle"
-            if run_id is not None:
-                uri = cfg.logger.tracking_uri
-                log_model = cfg.logger.get("log_model", False) and bundle.is_dir()
-                training_run.finish_run(uri, run_id, metrics, bundle if log_model else None)
+            uri = cfg.logger.get("tracking_uri")
+            if run_id is not None and logs_model(cfg):  # the model first: metrics link to it
+                model_dir = str(bundle) if bundle.is_dir() else None
+                tracker.call("finish_run", uri, run_id, metrics, model_dir, True)
             write_json_atomic(output_dir / "metrics.json", metrics)
             # FINISHED only once everything the run promised exists.
             promised = [output_dir / "metrics.json"]
@@ -472,10 +502,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             if missing:
                 raise RuntimeError(f"run ended without {', '.join(map(str, missing))}")
             if run_id is not None:
-                mlflow_runs.end_run(uri, run_id, "FINISHED")
+                # Waits for everything sent before it; an earlier failed call fails the run.
+                tracker.ask("end_run", uri, run_id, "FINISHED")
     except BaseException as exc:
         if run_id is not None:
-            mlflow_runs.end_run(cfg.logger.tracking_uri, run_id, final_status(exc))
+            status = final_status(exc)
+            tracker.ask("end_run", cfg.logger.tracking_uri, run_id, status, check=False)
         raise
     if cfg.get("print_table", True):
         print(f"\n{run_names.run_display_name(cfg, sweep_context())}  (output: {output_dir})")

@@ -10,18 +10,22 @@ logger instead writes:
   (and chart section) of its own;
 - nothing else: summary metrics (`test/...`, `eff/...`, `data/...`) are logged once by the
   pipeline when the run ends (`mlflow_runs.log_summary`), and `epoch` is not logged at all.
+
+The points go to the run's `Tracker` (cvr.tracking.tracker) as one asynchronous
+`log_metric_points` call per log: this process never imports mlflow, and fit does not wait on
+SQLite's commits.
 """
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
-import mlflow
 from lightning.pytorch.loggers.logger import Logger
 from lightning.pytorch.utilities import rank_zero_only
-from mlflow.tracking import MlflowClient
 
 from cvr.tracking.mlflow_runs import display_value
+from cvr.tracking.tracker import Tracker
 
 #: Prefixes of metrics that have one value per epoch.
 EPOCH_PREFIXES = ("train/", "val/")
@@ -46,11 +50,11 @@ def route(key: str) -> tuple[str, bool] | None:
 class EpochMlflowLogger(Logger):
     """Writes train/val curves of one existing MLflow run (see the module docstring)."""
 
-    def __init__(self, tracking_uri: str, run_id: str) -> None:
+    def __init__(self, tracker: Tracker, tracking_uri: str, run_id: str) -> None:
         super().__init__()
+        self.tracker = tracker
         self.tracking_uri = tracking_uri
         self.run_id = run_id
-        self._client: MlflowClient | None = None
 
     @property
     def name(self) -> str:
@@ -61,10 +65,8 @@ class EpochMlflowLogger(Logger):
         return self.run_id
 
     @property
-    def experiment(self) -> MlflowClient:
-        if self._client is None:
-            self._client = MlflowClient(self.tracking_uri)
-        return self._client
+    def experiment(self) -> Tracker:
+        return self.tracker
 
     @rank_zero_only
     def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
@@ -75,14 +77,14 @@ class EpochMlflowLogger(Logger):
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         metrics = dict(metrics)
         epoch = metrics.pop("epoch", None)
-        now = mlflow.utils.time.get_current_time_millis()
-        items = []
+        now = int(time.time() * 1000)
+        points = []
         for key, value in metrics.items():
             routed = route(key)
             if routed is None:
                 continue
             name, per_epoch = routed
             at = epoch if per_epoch and epoch is not None else step
-            items.append(mlflow.entities.Metric(name, display_value(value), now, int(at or 0)))
-        if items:
-            self.experiment.log_batch(self.run_id, metrics=items)
+            points.append((name, display_value(value), now, int(at or 0)))
+        if points:
+            self.tracker.call("log_metric_points", self.tracking_uri, self.run_id, points)

@@ -188,15 +188,20 @@ def start_run(
     return run.info.run_id
 
 
-def log_config(tracking_uri: str, run_id: str, config: DictConfig) -> None:
+def log_config(tracking_uri: str, run_id: str, config: DictConfig | Mapping[str, Any]) -> None:
     """Params = the flattened resolved config without paths; the full config is a YAML artifact.
+
+    `config`: the DictConfig, or its resolved container (what a training process sends the
+    tracking process, cvr.tracking.tracker).
 
     Values that are paths or file URIs differ between any two runs and say nothing about what
     was computed, so they are tags `path.<key>` instead (kept out of "show diff only").
     """
     mlflow = _mlflow()
     client = mlflow.MlflowClient(tracking_uri)
-    resolved = OmegaConf.to_container(config, resolve=True)
+    resolved = (
+        OmegaConf.to_container(config, resolve=True) if isinstance(config, DictConfig) else config
+    )
     params = []
     path_tags = []
     for key, value in flatten(resolved).items():
@@ -235,6 +240,16 @@ def log_metrics(
     ]
     for start in range(0, len(items), 500):
         client.log_batch(run_id, metrics=items[start : start + 500])
+
+
+def log_metric_points(
+    tracking_uri: str, run_id: str, points: list[tuple[str, float, int, int]]
+) -> None:
+    """(name, value, timestamp ms, step) points in one write (a training process's curves)."""
+    mlflow = _mlflow()
+    items = [mlflow.entities.Metric(name, value, now, step) for name, value, now, step in points]
+    for start in range(0, len(items), 500):
+        client_for(tracking_uri).log_batch(run_id, metrics=items[start : start + 500])
 
 
 def log_dataset_input(

@@ -1,9 +1,12 @@
 """What a training job writes to its MLflow run around fit, in the order the UI reads it.
 
 - `log_training_data`: tags (model, dataset, task, embedding, k, backend, label, fingerprint)
-  and the store as a dataset input, once the store is known;
+  and the store as a dataset input, once the store is known (`training_record` computes them
+  as plain data where the store is, `log_training_record` writes them where mlflow is);
+- `log_plots`: the run's plots, once fit has ended (drawn from the epoch curves and the
+  efficiency profile);
 - `finish_run`: the bundle as a logged model named after the run, the summary metrics once and
-  linked to that model, then the run's plots and summary.md (drawn from the epoch curves).
+  linked to that model, then summary.md (and the plots, if `log_plots` did not draw them).
 
 Per-epoch curves are written during fit by `epoch_logger.EpochMlflowLogger`.
 """
@@ -27,14 +30,10 @@ log = logging.getLogger(__name__)
 EPOCH_PREFIXES = ("val/", "train/")
 
 
-def log_training_data(
-    tracking_uri: str, run_id: str, cfg: DictConfig, store: Any, label: str
-) -> None:
-    """Tags from the config and the store, and the store as the run's dataset input."""
+def training_record(cfg: DictConfig, store: Any, label: str) -> dict[str, Any]:
+    """What `log_training_record` writes, as plain data (computed where the store is):
+    {'tags': {...}, 'dataset': log_dataset_input's keyword arguments}."""
     tags = run_names.run_tags(cfg, label)
-    mlflow_runs.set_tags(
-        tracking_uri, run_id, {**tags, "label": label, "dataset_fingerprint": store.fingerprint}
-    )
     sources = _sources(store.meta)
     source = {
         "store": Path(str(store.path)).name,
@@ -47,15 +46,29 @@ def log_training_data(
         "features": int(sum(store.cardinalities)),
         "labels": store.label_names,
     }
-    mlflow_runs.log_dataset_input(
-        tracking_uri,
-        run_id,
-        name=tags["dataset"],
-        fingerprint=store.fingerprint,
-        source={k: v for k, v in source.items() if v},
-        profile=profile,
-        fields=store.field_names,
-    )
+    return {
+        "tags": {**tags, "label": label, "dataset_fingerprint": store.fingerprint},
+        "dataset": {
+            "name": tags["dataset"],
+            "fingerprint": store.fingerprint,
+            "source": {k: v for k, v in source.items() if v},
+            "profile": profile,
+            "fields": list(store.field_names),
+        },
+    }
+
+
+def log_training_record(tracking_uri: str, run_id: str, record: Mapping[str, Any]) -> None:
+    """Tags from the config and the store, and the store as the run's dataset input."""
+    mlflow_runs.set_tags(tracking_uri, run_id, record["tags"])
+    mlflow_runs.log_dataset_input(tracking_uri, run_id, **record["dataset"])
+
+
+def log_training_data(
+    tracking_uri: str, run_id: str, cfg: DictConfig, store: Any, label: str
+) -> None:
+    """`log_training_record` of `training_record(cfg, store, label)`, in this process."""
+    log_training_record(tracking_uri, run_id, training_record(cfg, store, label))
 
 
 def _sources(meta: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
@@ -88,13 +101,28 @@ def logged_model_id(tracking_uri: str, run_id: str, name: str) -> str | None:
     return matches[0].model_id if matches else None
 
 
+def _oracle(metrics: Mapping[str, float]) -> dict[str, float] | None:
+    """{'auc', 'logloss'} of the val oracle (true probabilities) where known."""
+    prefix = "val/oracle_"
+    oracle = {k.removeprefix(prefix): v for k, v in metrics.items() if k.startswith(prefix)}
+    return oracle or None
+
+
+def log_plots(tracking_uri: str, run_id: str, metrics: Mapping[str, float]) -> None:
+    """The run's plots, as soon as fit has ended (its curves and eff/ figures are known)."""
+    name = mlflow_runs.client_for(tracking_uri).get_run(run_id).info.run_name
+    plots.log_plots(tracking_uri, run_id, summary_metrics(metrics), name, _oracle(metrics))
+
+
 def finish_run(
     tracking_uri: str,
     run_id: str,
     metrics: Mapping[str, float],
     bundle_dir: Path | None = None,
+    plots_logged: bool = False,
 ) -> str | None:
-    """Logged model (if bundle_dir), summary metrics once, plots and summary.md.
+    """Logged model (if bundle_dir), summary metrics once, plots (unless `plots_logged` by
+    `log_plots`) and summary.md.
 
     Returns the logged model's URI (`models:/<id>`), None when no model was logged.
     """
@@ -118,8 +146,8 @@ def finish_run(
         model_uri = f"models:/{model_id}" if model_id else None
         log.info("logged model %s: runs:/%s/%s or %s", model_name, run_id, model_name, model_uri)
     mlflow_runs.log_metrics(tracking_uri, run_id, summary, step=0, model_id=model_id)
-    oracle = {
-        k.removeprefix("val/oracle_"): v for k, v in metrics.items() if k.startswith("val/oracle_")
-    }
-    plots.log_run_artifacts(tracking_uri, run_id, summary, name, run.data.tags, oracle or None)
+    oracle, tags = _oracle(metrics), run.data.tags
+    plots.log_run_artifacts(
+        tracking_uri, run_id, summary, name, tags, oracle, plots=not plots_logged
+    )
     return model_uri
