@@ -11,8 +11,9 @@ import pyarrow as pa
 import pytest
 
 from cvr.data.errors import DataError
-from cvr.data.preprocess import Preprocessor, stable_hash
+from cvr.data.preprocess import Preprocessor
 from cvr.data.schema import Schema, SchemaError
+from cvr.data.value_rules import stable_hash
 
 M64 = (1 << 64) - 1
 

@@ -18,10 +18,11 @@ from omegaconf import OmegaConf
 
 from cvr.data.build import build_file_store, plan_build, split_codes, time_split_codes
 from cvr.data.log_table import LogTable
-from cvr.data.preprocess import Preprocessor, criteo_log_keys, numbers_of
+from cvr.data.preprocess import Preprocessor
 from cvr.data.readers import TIME_COLUMN, open_reader
 from cvr.data.remap import remap_in_place, remap_split_rows, remap_table
 from cvr.data.schema import Schema
+from cvr.data.value_rules import criteo_log_keys, numbers_of
 from cvr.data.vocab import StringTable
 
 REPO = Path(__file__).resolve().parents[2]

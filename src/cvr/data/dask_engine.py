@@ -44,10 +44,11 @@ from cvr.data.build import (
     time_split_codes,
 )
 from cvr.data.errors import merge_counts
-from cvr.data.preprocess import QUANTILE_SAMPLE, Preprocessor, StrideSample, numbers_of
+from cvr.data.preprocess import Preprocessor
 from cvr.data.readers.lines import COMPRESSED_SUFFIXES, line_aligned_ranges
 from cvr.data.schema import SchemaError
 from cvr.data.store import EncodedStore, StoreWriter
+from cvr.data.value_rules import QUANTILE_SAMPLE, StrideSample, numbers_of, quantile_boundaries
 
 log = logging.getLogger(__name__)
 
@@ -302,8 +303,6 @@ def _fitted(
     parts: Mapping[int, list[pa.Table]],
     samples: Mapping[int, StrideSample],
 ) -> Preprocessor:
-    from cvr.data.preprocess import quantile_boundaries
-
     for j, tables in parts.items():
         table = _merge(tables)
         table = table.filter(pc.greater_equal(table["c"], encoders[j].min_count))

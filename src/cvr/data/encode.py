@@ -27,10 +27,11 @@ import pyarrow as pa
 from cvr.data.arrow_numpy import from_numpy, from_strings, to_numpy
 from cvr.data.log_table import LogTable
 from cvr.data.prefetch import prefetch
-from cvr.data.preprocess import (
+from cvr.data.preprocess import FieldEncoder, Preprocessor
+from cvr.data.remap import remap_in_place, remap_split_rows, remap_table
+from cvr.data.store import SPLITS, StoreWriter
+from cvr.data.value_rules import (
     QUANTILE_SAMPLE,
-    FieldEncoder,
-    Preprocessor,
     StrideSample,
     criteo_log_keys,
     criteo_log_name,
@@ -39,8 +40,6 @@ from cvr.data.preprocess import (
     quantile_ids,
     stable_hash,
 )
-from cvr.data.remap import remap_in_place, remap_split_rows, remap_table
-from cvr.data.store import SPLITS, StoreWriter
 from cvr.data.vocab import StringTable, count_ids, hash_strings
 
 TRAIN = 0

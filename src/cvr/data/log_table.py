@@ -1,7 +1,7 @@
 """LogTable: Criteo winners' `floor(log(x)^2)` categories of float values -> provisional ids.
 
 As `cvr.data.vocab.StringTable` for strings: ids 1..n in first-seen order, 0 for NaN, grown by
-the caller when full; `values()` are the category keys (`preprocess.criteo_log_keys`).
+the caller when full; `values()` are the category keys (`value_rules.criteo_log_keys`).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from cvr.data.vocab import _mix
 
 @njit(cache=True, nogil=True)
 def _criteo_log_key(v):  # pragma: no cover
-    # As preprocess.criteo_log_keys: 2 * code + 1 for `L` (v > 2), 2 * code for `V`.
+    # As value_rules.criteo_log_keys: 2 * code + 1 for `L` (v > 2), 2 * code for `V`.
     if v > 2:
         return np.int64(np.floor(np.log(v) ** 2)) * 2 + 1
     return np.int64(np.floor(max(v, -(2.0**61)))) * 2
@@ -83,7 +83,7 @@ def _rehash(keys, slots, new_keys, new_slots):  # pragma: no cover
 
 class LogTable:
     """criteo_log categories of float values -> provisional ids 1..n in first-seen order (0 for
-    NaN); `values()` are the category keys (`preprocess.criteo_log_keys`)."""
+    NaN); `values()` are the category keys (`value_rules.criteo_log_keys`)."""
 
     def __init__(self, capacity: int = 1 << 8) -> None:
         self.keys = np.zeros(capacity, dtype=np.uint64)

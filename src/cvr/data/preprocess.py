@@ -23,7 +23,8 @@ or a mapping {field name: value} (fields not in the mapping get the default).
 
 Input batches are what `cvr.data.readers` yields: categorical columns as strings, numeric columns
 as float64, named by the field's source column; null is missing. Raw serving records (dicts,
-DataFrames) are coerced into such batches by `cvr.data.records`.
+DataFrames) are coerced into such batches by `cvr.data.records`. The rules themselves (the
+stable hash, criteo_log, quantile buckets) are `cvr.data.value_rules`.
 """
 
 from __future__ import annotations
@@ -39,10 +40,21 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from cvr.data.arrow_numpy import to_numpy
 from cvr.data.errors import DataError
 from cvr.data.records import plain_category, plain_number, records_batch
 from cvr.data.schema import Schema, SchemaError
+from cvr.data.value_rules import (
+    QUANTILE_SAMPLE,
+    StrideSample,
+    criteo_log_categories,
+    criteo_log_keys,
+    criteo_log_name,
+    numbers_of,
+    quantile_boundaries,
+    quantile_ids,
+    stable_hash,
+    stable_hash_one,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -55,67 +67,8 @@ _DEFAULTS: dict[str, Any] = {
     "buckets": 10,
     "hash_buckets": None,
 }
-# Quantile boundaries come from at most this many train values per field (a deterministic
-# stride sample), so fitting needs bounded memory whatever the file size.
-QUANTILE_SAMPLE = 1 << 20
 # Pending (value, count) pairs per field before they are merged by a group-by.
 _COMPACT_AT = 1 << 22
-
-# --- stable hashing --------------------------------------------------------------------------
-
-_FNV_OFFSET = np.uint64(0xCBF29CE484222325)
-_FNV_PRIME = np.uint64(0x100000001B3)
-
-
-def mix64(z: np.ndarray) -> np.ndarray:
-    """splitmix64's finalizer over uint64 (wrapping arithmetic); a bijection that mixes all bits."""
-    z = np.asarray(z, dtype=np.uint64)
-    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return z ^ (z >> np.uint64(31))
-
-
-def stable_hash(strings: pa.Array) -> np.ndarray:
-    """uint64 (n,): mix64(FNV-1a-64(UTF-8 bytes)) of each string (nulls hash like "").
-
-    Vectorized over strings, one numpy step per byte position (category strings are short).
-    """
-    strings = pc.fill_null(strings.cast(pa.large_string()), "")
-    n = len(strings)
-    bufs = strings.buffers()
-    offsets = np.frombuffer(bufs[1], dtype=np.int64)[strings.offset : strings.offset + n + 1]
-    data = np.frombuffer(bufs[2], dtype=np.uint8) if bufs[2] is not None else np.zeros(0, np.uint8)
-    starts = offsets[:-1]
-    lengths = np.diff(offsets)
-    # Longest first, so the strings still being hashed at byte j are a prefix: slices, no masks.
-    order = np.argsort(-lengths, kind="stable")
-    starts, lengths = starts[order], lengths[order]
-    h = np.full(n, _FNV_OFFSET, dtype=np.uint64)
-    active = n
-    for j in range(int(lengths[0]) if n else 0):
-        while active and lengths[active - 1] <= j:
-            active -= 1
-        h[:active] = (h[:active] ^ data[starts[:active] + j]) * _FNV_PRIME
-    out = np.empty(n, dtype=np.uint64)
-    out[order] = mix64(h)
-    return out
-
-
-_MASK64 = (1 << 64) - 1
-
-
-def stable_hash_one(text: str) -> int:
-    """`stable_hash` of one string, in plain Python ints: no array set-up, for single records.
-
-    Equals `int(stable_hash(pa.array([text]))[0])` (a property test holds the two equal).
-    """
-    h = int(_FNV_OFFSET)
-    for byte in text.encode("utf-8"):
-        h = ((h ^ byte) * int(_FNV_PRIME)) & _MASK64
-    h = ((h ^ (h >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
-    h = ((h ^ (h >> 27)) * 0x94D049BB133111EB) & _MASK64
-    return h ^ (h >> 31)
-
 
 # --- configuration ---------------------------------------------------------------------------
 
@@ -205,64 +158,6 @@ class FieldEncoder:
         if self.rule == "quantile":
             return len(self.boundaries or []) + 2
         return len(self.vocab) + 1
-
-
-def criteo_log_keys(values: np.ndarray) -> np.ndarray:
-    """int64 (n,) category key 2 * code + (1 for `L`, 0 for `V`) of float64 values; NaN -> key 0."""
-    v = np.where(np.isnan(values), 0.0, values)
-    big = v > 2
-    # Clip so that 2 * floor(v) fits int64: values below -2^61 share one category.
-    small = np.floor(np.maximum(v, -(2.0**61)))
-    code = np.where(big, np.floor(np.log(np.where(big, v, 3.0)) ** 2), small).astype(np.int64)
-    return code * 2 + big
-
-
-def criteo_log_name(key: int) -> str:
-    """The category string of a `criteo_log_keys` key."""
-    return ("L" if key & 1 else "V") + str(key >> 1)
-
-
-def _criteo_log(values: np.ndarray) -> pa.Array:
-    """Category strings for float64 values (NaN = missing -> null) by the criteo_log rule."""
-    missing = np.isnan(values)
-    # There are few distinct categories: name each once, then spread the names by index.
-    keys, inverse = np.unique(criteo_log_keys(values), return_inverse=True)
-    names = pa.array([criteo_log_name(k) for k in keys.tolist()], pa.string())
-    return names.take(pa.array(inverse.reshape(-1), type=pa.int64(), mask=missing))
-
-
-def quantile_ids(boundaries: list[float] | None, values: np.ndarray) -> np.ndarray:
-    """int64 (n,) quantile-bucket ids of float64 values: 1 + bucket, 0 for NaN (missing)."""
-    ids = 1 + np.searchsorted(np.asarray(boundaries or [], dtype=np.float64), values, side="left")
-    return np.where(np.isnan(values), 0, ids)
-
-
-def numbers_of(col: pa.Array) -> np.ndarray:
-    """float64 (n,) with NaN for null."""
-    return to_numpy(col if col.type == pa.float64() else col.cast(pa.float64()))
-
-
-class StrideSample:
-    """A deterministic stride sample of at most `cap` values (global indices % stride == 0)."""
-
-    def __init__(self, cap: int) -> None:
-        self.cap, self.stride, self.seen = cap, 1, 0
-        self.parts: list[np.ndarray] = []
-        self.size = 0
-
-    def add(self, values: np.ndarray) -> None:
-        kept = values[(self.seen + np.arange(len(values))) % self.stride == 0]
-        self.seen += len(values)
-        self.parts.append(kept)
-        self.size += len(kept)
-        while self.size > self.cap:
-            # Keeping every other kept value is exactly the sample with twice the stride.
-            merged = self.values[::2]
-            self.parts, self.size, self.stride = [merged], len(merged), self.stride * 2
-
-    @property
-    def values(self) -> np.ndarray:
-        return np.concatenate(self.parts) if self.parts else np.zeros(0, dtype=np.float64)
 
 
 class _Counts:
@@ -410,7 +305,7 @@ class Preprocessor:
         """Category strings of one field (null = missing)."""
         col = _column(batch, enc.source)
         if enc.kind == "numeric":
-            return _criteo_log(numbers_of(col))
+            return criteo_log_categories(numbers_of(col))
         return col.cast(pa.large_string())
 
     def transform(self, batch: pa.RecordBatch | pa.Table) -> np.ndarray:
@@ -558,13 +453,6 @@ def _column(batch: pa.RecordBatch | pa.Table, name: str) -> pa.Array:
     except KeyError:
         raise DataError(f"column {name!r} missing from the batch") from None
     return col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
-
-
-def quantile_boundaries(values: np.ndarray, buckets: int) -> list[float]:
-    if len(values) == 0 or buckets < 2:
-        return []
-    levels = np.arange(1, buckets) / buckets
-    return np.unique(np.quantile(values, levels)).astype(float).tolist()
 
 
 def _lookup(rule: str, table: Any, category: str) -> int:

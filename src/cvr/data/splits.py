@@ -18,10 +18,10 @@ import pyarrow.compute as pc
 
 from cvr.data.arrow_numpy import to_numpy
 from cvr.data.numbers import parse_numbers
-from cvr.data.preprocess import mix64
 from cvr.data.schema import SplitRule
 from cvr.data.sources import Source
 from cvr.data.store import SPLITS
+from cvr.data.value_rules import mix64
 
 TRAIN, VAL, TEST = 0, 1, 2
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
