@@ -133,6 +133,10 @@ def run_cvr(output_root: Path, overrides: list[str]) -> tuple[dict[str, Any], An
     out = {
         "test_auc": metrics.get("test/auc"),
         "test_logloss": metrics.get("test/logloss"),
+        "val_auc": metrics.get("val/best/auc"),
+        "val_logloss": metrics.get("val/best/logloss"),
+        "lr": metrics.get("train/lr"),
+        "lr_search_seconds": metrics.get("train/lr_search_seconds"),
         "epochs_run": metrics.get("train/epochs_run"),
         "best_epoch": metrics.get("train/best_epoch"),
         "stopped_early": metrics.get("train/stopped_early"),

@@ -29,7 +29,7 @@ from cvr.models.funnel_module import FunnelModule
 from cvr.models.module import CTRModule
 from cvr.models.registry import build_model
 from cvr.ops.manifest import fingerprint, write_json_atomic
-from cvr.pipelines import funnel
+from cvr.pipelines import funnel, lr_search
 from cvr.pipelines.config_check import check_config
 from cvr.pipelines.ddp_launch import forget_previous_launch, launch_only_this_job
 from cvr.pipelines.errors import ConfigError
@@ -364,6 +364,14 @@ def fit_and_test(
         plugins=[AtomicCheckpointIO()],  # temp name in the checkpoint folder, then rename
     )
     module = build_module(cfg, build_model(cfg, store.cardinalities), trainer, task)
+    searched = None
+    if task is None and module.backend.name == "fused":  # optimizer.lr null: chosen on val
+        searched = lr_search.choose_lr(cfg, store, label, int(cfg.backend.threads))
+    if searched is not None:
+        log.info("lr %g (%s)", searched.lr, searched.reason)
+        cfg = lr_search.with_lr(cfg, searched.lr)
+        L.seed_everything(cfg.seed, workers=True, verbose=False)  # the candidate's init
+        module = build_module(cfg, build_model(cfg, store.cardinalities), trainer, task)
     if run_id is not None:
         tracker.call(
             "set_tags",
@@ -399,6 +407,9 @@ def fit_and_test(
     metrics.update(val_history.best(metrics))  # val/... stay the last epoch's (MLflow's curves)
     metrics["train/processes"] = float(trainer.world_size)
     metrics["train/weight_decay"] = float(cfg.optimizer.dense.get("weight_decay") or 0.0)
+    metrics["train/lr"] = float(module.backend.lr)
+    if searched is not None:
+        metrics.update(searched.metrics())
     final = {k: float(v) for k, v in metrics.items() if np.isscalar(v)}
     if run_id is not None and not logs_model(cfg):
         # Summary, plots and summary.md: drawn by the tracking process while this one exports.
