@@ -3,15 +3,33 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import yaml
 
-from cvr.tracking.funnel_report import acceptance, load_study_runs, summarize, write_report
+from cvr.tracking.funnel_report import (
+    acceptance,
+    load_study_runs,
+    markdown_table,
+    plot_metric,
+    summarize,
+    write_report,
+)
 
 
 def make_run(
-    root, name, task, seed, cvr_auc_all, cvr_auc_clicked, share=True, bias=0.8, private_dim=4
+    root,
+    name,
+    task,
+    seed,
+    cvr_auc_all,
+    cvr_auc_clicked,
+    share=True,
+    bias=0.8,
+    private_dim=4,
+    epochs=(3, 4),
+    max_epochs=20,
 ):
     folder = root / name
     (folder / ".hydra").mkdir(parents=True)
@@ -29,6 +47,9 @@ def make_run(
         "test/cvr_auc_clicked": cvr_auc_clicked,
         "test/oracle_cvr_auc_all": 0.7,
         "data/rows_train": 1000.0,
+        "train/best_epoch": float(epochs[0]),
+        "train/epochs_run": float(epochs[1]),
+        "train/max_epochs": float(max_epochs),
     }
     (folder / "metrics.json").write_text(json.dumps(metrics))
 
@@ -57,3 +78,49 @@ def test_summary_and_verdicts(tmp_path):
     paths = write_report(runs, tmp_path / "report")
     assert "ESMM vs naive CVR" in paths["report.md"].read_text()
     assert paths["cvr_auc_all.png"].stat().st_size > 0
+
+
+def test_cells_say_how_each_run_ended_and_a_capped_cell_is_no_verdict(tmp_path):
+    """best/run epochs per seed (in seed order) and the runs that ran into the epoch cap: such a
+    run had not stopped improving, so its cell's ESMM-vs-naive difference is marked no verdict."""
+    for seed in (1, 0):
+        make_run(tmp_path, f"esmm{seed}", "esmm", seed, 0.62, 0.60, epochs=(2 + seed, 3 + seed))
+        make_run(tmp_path, f"cvr{seed}", "cvr", seed, 0.60, 0.60, epochs=(20, 20))
+    make_run(tmp_path, "e_other", "esmm", 0, 0.62, 0.60, bias=0.0, epochs=(5, 6))
+    make_run(tmp_path, "c_other", "cvr", 0, 0.60, 0.60, bias=0.0, epochs=(20, 20), max_epochs=50)
+    table = summarize(load_study_runs([tmp_path])).set_index(["bias", "arm"])
+    assert table.loc[(0.8, "ESMM"), "epochs"] == "2/3,3/4"
+    assert table.loc[(0.8, "ESMM"), "capped"] == 0
+    assert table.loc[(0.8, "naive CVR"), "capped"] == 2
+    assert table.loc[(0.0, "naive CVR"), "capped"] == 0  # 20 of 50 epochs: stopped early
+    lines = acceptance(table.reset_index())
+    (capped_line,) = [line for line in lines if "bias=0.8" in line]
+    (other_line,) = [line for line in lines if "bias=0.0" in line]
+    assert "2 run(s) ended by the epoch cap" in capped_line
+    assert "epoch cap" not in other_line
+    assert "| **2** |" in markdown_table(table.reset_index())
+
+
+def test_the_plot_draws_every_arm_even_one_worse_than_chance(tmp_path):
+    """The 100k sweep had ESMM FM at bias 0 at cvr_auc_all 0.457: the plot's floor of 0.5 hid
+    its bar. Every (arm, bias) with the metric is a bar whose top lies inside the axes, and the
+    one legend names every arm once."""
+    values = {"cvr": (0.63, 0.56), "esmm": (0.457, 0.57)}
+    for task, (off, on) in values.items():
+        make_run(tmp_path, f"{task}-off", task, 0, off, off, bias=0.0)
+        make_run(tmp_path, f"{task}-on", task, 0, on, on, bias=0.8)
+    make_run(tmp_path, "shared-off", "esmm", 0, 0.45, 0.45, bias=0.0, private_dim=0)
+    fig = plot_metric(summarize(load_study_runs([tmp_path])), "cvr_auc_all", tmp_path / "p.png")
+    (ax,) = fig.axes
+    low, high = ax.get_ylim()
+    # (fully shared ESMM has no run at bias 0.8: its bar there is NaN, i.e. not drawn)
+    tops = sorted(round(h, 3) for bar in ax.patches if math.isfinite(h := bar.get_height()))
+    assert tops == [0.45, 0.457, 0.56, 0.57, 0.63]
+    assert all(low < top < high for top in tops)
+    (legend,) = fig.legends
+    assert [t.get_text() for t in legend.get_texts()] == [
+        "naive CVR",
+        "ESMM",
+        "ESMM (fully shared)",
+    ]
+    assert (tmp_path / "p.png").stat().st_size > 0

@@ -71,6 +71,7 @@ def read_run(folder: Path) -> dict | None:
         "backend": (cfg.get("backend") or {}).get("name"),
         "epochs_run": metrics.get("train/epochs_run"),
         "best_epoch": metrics.get("train/best_epoch"),
+        "max_epochs": metrics.get("train/max_epochs"),
     }
     row.update({m: metrics.get(f"test/{m}", np.nan) for m in METRICS})
     return row
@@ -97,7 +98,26 @@ def summarize(runs: pd.DataFrame) -> pd.DataFrame:
         out[metric] = grouped[metric].mean()
         out[f"{metric}_spread"] = grouped[metric].max() - grouped[metric].min()
     out["cvr_auc_all_gap"] = out["oracle_cvr_auc_all"] - out["cvr_auc_all"]
+    # How each seed's run ended (best epoch / epochs run), and how many ran into the epoch cap:
+    # a run the cap ended had not stopped improving, so its cell is no verdict on the arm.
+    out["epochs"] = grouped.apply(_epochs, include_groups=False)
+    out["capped"] = grouped.apply(_capped, include_groups=False).astype(int)
     return out.reset_index()
+
+
+def _epochs(runs: pd.DataFrame) -> str:
+    def num(value) -> str:
+        return "?" if pd.isna(value) else str(int(value))
+
+    ordered = runs.sort_values("seed", na_position="last")
+    pairs = zip(ordered.best_epoch, ordered.epochs_run, strict=True)
+    return ",".join(f"{num(best)}/{num(run)}" for best, run in pairs)
+
+
+def _capped(runs: pd.DataFrame) -> int:
+    epochs = pd.to_numeric(runs["epochs_run"], errors="coerce")
+    cap = pd.to_numeric(runs["max_epochs"], errors="coerce")
+    return int((epochs >= cap).sum())
 
 
 def acceptance(table: pd.DataFrame) -> list[str]:
@@ -119,6 +139,11 @@ def acceptance(table: pd.DataFrame) -> list[str]:
             verdict = "beats" if diff > spread else "worse" if diff < -spread else "within spread"
             parts.append(f"{metric} {diff:+.4f} (spread {spread:.4f}: {verdict})")
         seeds = f"{int(esmm['seeds'])}/{int(naive['seeds'])} seeds"
+        capped = int(esmm["capped"]) + int(naive["capped"])
+        if capped:
+            parts.append(
+                f"{capped} run(s) ended by the epoch cap, not by early stopping: no verdict"
+            )
         dataset, bias, rows, tower = key
         lines.append(
             f"{dataset} bias={bias} rows={rows} {tower} ({seeds}): ESMM - naive CVR: "
@@ -130,6 +155,7 @@ def acceptance(table: pd.DataFrame) -> list[str]:
 def markdown_table(table: pd.DataFrame) -> str:
     cols = ["dataset", "bias", "rows_train", "tower", "arm", "backend", "seeds"]
     header = [*cols, "cvr_auc_all", "oracle", "gap", "cvr_auc_clicked", "ctcvr_auc", "ctr_auc"]
+    header += ["best/run epochs", "at cap"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
 
     def cell(row, metric):
@@ -147,20 +173,23 @@ def markdown_table(table: pd.DataFrame) -> str:
             cell(row, "cvr_auc_clicked"),
             cell(row, "ctcvr_auc"),
             cell(row, "ctr_auc"),
+            row["epochs"],
+            f"**{row['capped']}**" if row["capped"] else "0",
         ]
         lines.append("| " + " | ".join(values) + " |")
     return "\n".join(lines)
 
 
-def plot_metric(table: pd.DataFrame, metric: str, path: Path) -> None:
+def plot_metric(table: pd.DataFrame, metric: str, path: Path) -> Figure | None:
     """`metric` (cvr_auc_all, ctcvr_auc) per arm that has it (bars, min-max over seeds), per
-    bias setting, one panel per (rows, tower); its oracle as a dashed line."""
+    bias setting, one panel per (rows, tower); its oracle as a dashed line, chance (0.5) dotted.
+    The figure (None if no run has the metric and its oracle)."""
     oracle_key = f"oracle_{metric}"
     synthetic = table[table[oracle_key].notna() & table[metric].notna()]
     panels = list(synthetic.groupby(["rows_train", "tower"]))
     if not panels:
-        return
-    fig = Figure(figsize=(5 * len(panels), 4))
+        return None
+    fig = Figure(figsize=(5 * len(panels), 4.4))
     for i, ((rows, tower), cell) in enumerate(panels):
         ax = fig.add_subplot(1, len(panels), i + 1)
         biases = sorted(cell["bias"].dropna().unique())
@@ -174,14 +203,23 @@ def plot_metric(table: pd.DataFrame, metric: str, path: Path) -> None:
         for k, value in enumerate(oracle):
             ax.hlines(value, k - 0.45, k + 0.45, colors="k", linestyles="--")
         ax.set_xticks(np.arange(len(biases)), [f"bias {b}" for b in biases])
-        low = np.nanmin(cell[metric]) - 0.02
-        ax.set_ylim(max(0.5, low), np.nanmax(oracle) + 0.01)
+        # Down to the lowest bar, whatever it is: a run worse than chance is drawn, not cut off.
+        low = np.nanmin(cell[metric] - cell[f"{metric}_spread"].fillna(0) / 2) - 0.02
+        high = max(np.nanmax(oracle), np.nanmax(cell[metric])) + 0.01
+        ax.set_ylim(low, high)
+        ax.axhline(0.5, color="grey", linestyle=":", linewidth=1)
         ax.set_title(f"{tower}, {rows:,} train rows")
         ax.set_ylabel(f"test {metric}; dashed: oracle")
-        if i == 0:
-            ax.legend(fontsize="small")
-    fig.tight_layout()
+    handles, labels = fig.axes[0].get_legend_handles_labels()
+    for ax in fig.axes[1:]:  # every arm once, from whichever panel has it
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            if label not in labels:
+                handles.append(handle)
+                labels.append(label)
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize="small")
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
     fig.savefig(path, dpi=110)
+    return fig
 
 
 def write_report(runs: pd.DataFrame, out_dir: str | Path) -> dict[str, Path]:
