@@ -30,18 +30,22 @@ def test_the_run_trains_the_rate_with_the_best_val_auc_and_repeats_its_search_ru
     store = build_store(cfg)
     result = lr_search.choose_lr(cfg, store, training_label(cfg, store))
     assert [c.lr for c in result.candidates] == grid
-    best = {c.lr: c.best for c in result.candidates}
-    assert best[0.01] != best[0.3]  # the two rates must differ for the choice to mean anything
-    assert result.lr == max(best, key=best.get)
+    score = {c.lr: c.score for c in result.candidates}
+    assert score[0.01] != score[0.3]  # the two rates must differ for the choice to mean anything
+    assert result.lr == min(score, key=score.get)
 
     metrics = run(tmp_path / "run", grid_override)
     assert metrics["train/lr"] == result.lr
-    for lr, auc in best.items():
-        assert metrics[f"train/lr_search/{lr:g}/val_auc"] == pytest.approx(auc, abs=1e-12)
-    # The pipeline's run at the chosen rate is the candidate's run: same epochs, same best AUC.
+    for c in result.candidates:
+        assert metrics[f"train/lr_search/{c.lr:g}/val_auc"] == pytest.approx(c.best, abs=1e-12)
+        assert metrics[f"train/lr_search/{c.lr:g}/val_logloss"] == pytest.approx(c.score, abs=1e-12)
+    # The pipeline's run at the chosen rate is the candidate's run: same epochs, same kept
+    # epoch, same val figures there.
     chosen = next(c for c in result.candidates if c.lr == result.lr)
     assert metrics["train/epochs_run"] == len(chosen.val_auc)
+    assert metrics["train/best_epoch"] == chosen.best_epoch + 1
     assert metrics["val/best/auc"] == pytest.approx(chosen.best, abs=1e-6)
+    assert metrics["val/best/logloss"] == pytest.approx(chosen.score, abs=1e-6)
     # ... and a run given that rate explicitly (no search) learns the same model.
     fixed = run(tmp_path / "fixed", f"optimizer.lr={result.lr}")
     assert fixed["test/auc"] == pytest.approx(metrics["test/auc"], abs=1e-6)
@@ -53,7 +57,7 @@ def test_the_grid_is_walked_until_a_rate_scores_below_the_best_before_it(tmp_pat
     store = build_store(cfg)
     label = training_label(cfg, store)
     pair = lr_search.choose_lr(cfg, store, label).candidates
-    better, worse = sorted(pair, key=lambda c: -c.best)
+    better, worse = sorted(pair, key=lambda c: c.score)
     grid = f"optimizer.lr_search.grid=[{better.lr},{worse.lr},0.05]"
     cfg = compose_train(tmp_path, [*TINY_DATA, *QUIET, grid])
     result = lr_search.choose_lr(cfg, store, label)
@@ -95,7 +99,10 @@ def test_a_bad_grid_is_refused_with_its_key(tmp_path):
         lr_search.choose_lr(cfg, store, training_label(cfg, store))
 
 
-def test_no_finite_val_auc_keeps_the_grids_first_rate():
-    found = lr_search.Candidate(0.1, [math.nan])
-    assert math.isnan(found.best)
-    assert lr_search.Candidate(0.1, [0.6, math.nan, 0.7, 0.65]).best == 0.7
+def test_a_candidate_is_scored_at_the_epoch_its_checkpoint_would_keep():
+    c = lr_search.Candidate(0.1, [0.6, math.nan, 0.7, 0.7, 0.65], [0.5, 0.6, 0.45, 0.44, 0.43])
+    # the first epoch with the highest finite AUC (Lightning keeps the first of equals)
+    assert (c.best_epoch, c.best, c.score) == (2, 0.7, 0.45)
+    one_class = lr_search.Candidate(0.1, [math.nan], [0.3])
+    assert one_class.best_epoch is None
+    assert math.isnan(one_class.best) and math.isnan(one_class.score)
