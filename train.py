@@ -6,8 +6,9 @@ import sys
 from cvr.startup import freeze_before_exit, imports_without_gc
 from cvr.tracking.tracker import prestart
 
-# MLflow's import and store open run in a tracking process meanwhile (cvr.tracking.tracker).
-prestart(sys.argv[1:])
+if __name__ == "__main__":  # (not for `import train`: a test or notebook that trains calls train())
+    # MLflow's import and store open run in a tracking process meanwhile (cvr.tracking.tracker).
+    prestart(sys.argv[1:])
 with imports_without_gc():  # torch + Lightning: ~400k objects the collector would walk (startup.py)
     import hydra
     from hydra.core.hydra_config import HydraConfig

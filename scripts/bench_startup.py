@@ -15,7 +15,8 @@ Arms: this checkout, and optionally another checkout of the project (`--before`,
   logger and with `logger=none`: wall seconds end to end, process start to exit, and CPU;
 - with `--phases`, one more default run under `scripts/startup_phases.py`: wall seconds per
   phase (imports, Hydra, MLflow start, numba kernels, fit with its checkpoints and profile,
-  test, bundle export, model logging, plots, interpreter exit).
+  test, bundle export, waits on the tracking process, interpreter exit), and the tracking
+  process's seconds per MLflow call, which run beside those phases (`tracking process: ...`).
 
 After the arms, each repeat also times the floor no checkout can go below while it trains with
 Lightning: `import torch, lightning` in a bare interpreter with the collector off, and the same
@@ -92,11 +93,14 @@ FLOORS = {
 #: Phases of scripts/startup_phases.py in run order (indented: part of the row above).
 PHASE_ORDER = (
     "imports + Hydra start",
+    "tracking process start (spawn)",
     "Hydra composition",
+    "MLflow run start (waits for the tracking process)",
     "MLflow run start (import, store, params)",
     "  mlflow import + store open",
     "  params + config.yaml",
     "MLflow dataset + tags",
+    "MLflow dataset + tags record",
     "Trainer construction",
     "backend + numba kernels",
     "fit",
@@ -109,8 +113,20 @@ PHASE_ORDER = (
     "finish_run (MLflow)",
     "  log model (pyfunc)",
     "  plots + summary.md",
+    "waits on the tracking process (all asks)",
+    "MLflow calls in this process",
     "interpreter exit",
     "total",
+    # Beside the rows above, in the tracking process (cvr.tracking.process), seconds per call:
+    "tracking process: warm-up (imports, first figure)",
+    "tracking process: start_run",
+    "tracking process: log_config",
+    "tracking process: log_training_data",
+    "tracking process: set_tags",
+    "tracking process: log_metric_points",
+    "tracking process: log_plots",
+    "tracking process: finish_run",
+    "tracking process: end_run",
 )
 
 

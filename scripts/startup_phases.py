@@ -46,7 +46,17 @@ TARGETS = {
         ("LocalTracker.call", "MLflow calls in this process"),
         ("LocalTracker.ask", "MLflow calls in this process"),
     ],
-    "cvr.tracking.training_run": [("training_record", "MLflow dataset + tags record")],
+    "cvr.tracking.training_run": [
+        ("training_record", "MLflow dataset + tags record"),
+        # Run in this process only by a checkout without a tracking process (--before), or
+        # with logger.tracking_process=false:
+        ("log_training_data", "MLflow dataset + tags"),
+        ("finish_run", "finish_run (MLflow)"),
+    ],
+    "cvr.tracking.plots": [("log_run_artifacts", "  plots + summary.md")],
+    "cvr.tracking.store": [("ensure_store", "  mlflow import + store open")],
+    "cvr.tracking.mlflow_runs": [("log_config", "  params + config.yaml")],
+    "cvr.serving.pyfunc": [("log_pyfunc_model", "  log model (pyfunc)")],
     "cvr.tracking.epoch_logger": [("EpochMlflowLogger.log_metrics", "  epoch curves (MLflow)")],
     "cvr.serving.bundle": [("export_from_training", "bundle export")],
     "cvr.checkpointing": [("AtomicCheckpointIO.save_checkpoint", "  checkpoints")],
@@ -74,7 +84,9 @@ def timed(fn, phase):
 def patch(module) -> None:
     for path, phase in TARGETS[module.__name__]:
         owner, _, attr = path.rpartition(".")
-        holder = getattr(module, owner) if owner else module
+        holder = getattr(module, owner, None) if owner else module
+        if holder is None or not hasattr(holder, attr):
+            continue  # another checkout (bench_startup --before) without this phase
         setattr(holder, attr, timed(getattr(holder, attr), phase))
 
 

@@ -66,6 +66,35 @@ def test_train_command_prints_table_and_logs_to_sqlite_mlflow(tmp_path):
     assert "plots/learning_curve.png" in plots
 
 
+@pytest.mark.parametrize("tracking_process", ["true", "false"])
+def test_both_tracking_paths_record_the_same_finished_run(
+    tmp_path, empty_mlflow_store, tracking_process
+):
+    # true: the calls go to the tracking process (cvr.tracking.process); false: the same calls
+    # in this process (LocalTracker), the path every run took before.
+    from cvr.pipelines.train import train
+
+    uri = empty_mlflow_store(tmp_path)
+    cfg = compose_train(
+        tmp_path,
+        [*TINY_DATA, *FAST, "print_table=false", f"logger.tracking_process={tracking_process}"],
+    )
+    metrics = train(cfg)
+    client = mlflow.MlflowClient(uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("cvr").experiment_id])
+    assert run.info.status == "FINISHED"
+    assert run.data.metrics["test/auc"] == pytest.approx(metrics["test/auc"], rel=1e-5)
+    assert run.data.tags["backend"] and run.data.params["embedding.dim"] == "4"
+    assert run.inputs.dataset_inputs[0].dataset.digest == run.data.tags["dataset_fingerprint"][:12]
+    curve = client.get_metric_history(run.info.run_id, "val/auc")
+    assert len(curve) == metrics["train/epochs_run"]
+    files = [a.path for a in client.list_artifacts(run.info.run_id, "plots")]
+    assert {"plots/learning_curve.png", "plots/latency_vs_batch.png", "plots/memory.png"} <= set(
+        files
+    )
+    assert "summary.md" in [a.path for a in client.list_artifacts(run.info.run_id)]
+
+
 def test_unknown_group_choice_names_the_valid_options(tmp_path):
     result = run_script(["train.py", f"paths.output_root={tmp_path}", "model=xgboost"])
     assert result.returncode != 0

@@ -100,6 +100,22 @@ def test_a_bad_store_is_the_stores_one_line_error(tracker, tmp_path):
     assert one_line(raised.value).startswith("error: ")
 
 
+def test_a_store_error_of_an_async_call_keeps_its_one_line_and_a_new_run_starts_clean(
+    tracker, tmp_path
+):
+    from cvr.tracking.store import StoreError
+
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    bad = f"sqlite:///{blocker}/sub/mlflow.db"
+    tracker.call("ensure_store", bad)  # what train() sends first, before it needs the run
+    with pytest.raises(StoreError, match=r"^\S+file/sub: cannot create the MLflow store folder"):
+        tracker.ask("start_run", bad, "x", run_name="r")
+    tracker.call("ensure_store", bad)  # a run that then failed before asking anything
+    tracker.call("begin_run")  # the next run: that error was not its own
+    tracker.drain()
+
+
 def test_close_drains_the_queue(store_root):
     tracker = ProcessTracker()
     uri, run_id = _new_run(tracker, store_root)

@@ -468,6 +468,14 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         return fit_and_test(cfg, Path(inherited) if inherited else None, None)
     check_config(cfg)  # every value, before any folder or MLflow run exists
     output_dir.mkdir(parents=True, exist_ok=True)
+    # MLflow calls go to the tracking process (cvr.tracking.tracker) train.py started early; it
+    # opens the store while this one looks for a checkpoint to resume.
+    tracker = tracker_for(cfg.logger) if cfg.logger.get("enabled") else None
+    if tracker is None:
+        discard_prestarted()
+    else:
+        tracker.call("begin_run")
+        tracker.call("ensure_store", cfg.logger.tracking_uri)
     identity = run_identity(cfg)
     resume = find_resume_checkpoint(cfg, identity)
     if resume:  # a checkpoint that does not load falls back to the newest intact one
@@ -475,10 +483,6 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         refuse_if_alive(resume[1], resume[0].parent.parent)
     # DDP processes started later inherit this environment: one resume decision for all.
     os.environ[_RESUME_ENV] = str(resume[0]) if resume else ""
-    # MLflow calls go to the tracking process (cvr.tracking.tracker) train.py started early.
-    tracker = tracker_for(cfg.logger) if cfg.logger.get("enabled") else None
-    if tracker is None:
-        discard_prestarted()
     run_id = start_tracking(cfg, output_dir, resume[1] if resume else None, tracker)
     write_json_atomic(
         output_dir / RUN_INFO,

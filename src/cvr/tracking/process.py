@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 
 #: Longest error message sent back (an error's first line is what a user needs).
 MAX_ERROR_CHARS = 500
+#: The first call of every run: errors of earlier asynchronous calls are not this run's.
+BEGIN_RUN = "begin_run"
 #: Where set, the process writes its seconds per call (and its warm-up) there as JSON on exit
 #: (scripts/startup_phases.py).
 SECONDS_FILE_ENV = "CVR_TRACKING_SECONDS"
@@ -60,6 +62,7 @@ def calls() -> dict[str, Callable[..., Any]]:
 
     return {
         "ping": lambda: None,
+        BEGIN_RUN: lambda: None,  # handled by the Dispatcher itself
         "ensure_store": store.ensure_store,
         "start_run": mlflow_runs.start_run,
         "log_config": mlflow_runs.log_config,
@@ -86,7 +89,8 @@ class Dispatcher:
     """Runs calls by name; keeps the errors of asynchronous ones for the next synchronous one."""
 
     def __init__(self) -> None:
-        self.failed: list[str] = []
+        #: (error type, `name: Type: message`) of each failed asynchronous call, in order
+        self.failed: list[tuple[str, str]] = []
         self.seconds: dict[str, float] = defaultdict(float)
 
     def _run(self, name: str, args: tuple, kwargs: dict) -> Any:
@@ -100,11 +104,17 @@ class Dispatcher:
             self.seconds[name] += time.perf_counter() - started
 
     def run_async(self, name: str, args: tuple, kwargs: dict) -> None:
+        if name == BEGIN_RUN:  # errors of a run that ended before it asked anything stay its own
+            for _, text in self.failed:
+                log.warning("an earlier run's MLflow call failed: %s", text)
+            self.failed = []
+            return
         try:
             self._run(name, args, kwargs)
         except Exception as exc:
             log.error("MLflow call %s failed: %s", name, describe(exc))
-            self.failed.append(f"{name}: {describe(exc)}")
+            text = str(exc) if type(exc).__name__ == "StoreError" else describe(exc)
+            self.failed.append((type(exc).__name__, f"{name}: {text}"))
 
     def run_sync(
         self, name: str, args: tuple, kwargs: dict, check: bool
@@ -114,9 +124,13 @@ class Dispatcher:
         check: an earlier asynchronous error fails this call without running it; otherwise the
         call runs and the earlier errors come back beside its result.
         """
-        earlier, self.failed = self.failed, []
-        if check and earlier:
-            return False, ("TrackingCallError", "; ".join(earlier), earlier[0].split(":")[0]), []
+        failed, self.failed = self.failed, []
+        earlier = [text for _, text in failed]
+        if check and failed:
+            kind, first = failed[0]
+            if kind == "StoreError":  # the store's own one-line error, whichever call met it
+                return False, (kind, first.split(": ", 1)[1], name), []
+            return False, ("TrackingCallError", "; ".join(earlier), name), []
         try:
             return True, self._run(name, args, kwargs), earlier
         except Exception as exc:
