@@ -145,7 +145,7 @@ def test_same_command_twice_gives_identical_metrics_and_reuses_store(tmp_path):
     assert set(first) == set(second)
 
 
-TIMINGS = ("latency", "throughput", "rss", "samples_per_s", "epoch_seconds")
+TIMINGS = ("latency", "throughput", "rss", "samples_per_s", "epoch_seconds", "lr_search_seconds")
 
 
 def deterministic(metrics):
