@@ -3,7 +3,7 @@
 import logging
 import sys
 
-from cvr.startup import freeze_before_exit, imports_without_gc
+from cvr.startup import exit_without_teardown, freeze_before_exit, imports_without_gc
 from cvr.tracking.tracker import prestart
 
 if __name__ == "__main__":  # (not for `import train`: a test or notebook that trains calls train())
@@ -50,3 +50,4 @@ if __name__ == "__main__":
         main()
     finally:
         freeze_before_exit()  # interpreter teardown need not walk every module's objects again
+    exit_without_teardown(0)  # a run that returned: its files and MLflow run are complete

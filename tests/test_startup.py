@@ -85,3 +85,19 @@ def test_late_import_freezes_only_a_first_import_after_collecting(monkeypatch):
 class Node:
     def __init__(self):
         self.me = self
+
+
+def test_exit_without_teardown_runs_exit_handlers_and_flushes_then_exits_with_the_code():
+    import subprocess
+
+    code = (
+        "import atexit, sys\n"
+        "from cvr.startup import exit_without_teardown\n"
+        "atexit.register(lambda: print('handler ran'))\n"
+        "sys.stdout.write('buffered, no newline')\n"
+        "exit_without_teardown(3)\n"
+        "print('never')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 3, result.stderr
+    assert result.stdout == "buffered, no newlinehandler ran\n"

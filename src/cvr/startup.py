@@ -18,16 +18,23 @@ functions that never become garbage.
 - `freeze_before_exit()`: the same for what the run imported later, so interpreter teardown does
   not walk it again. Reference counting still frees memory as usual; only cycles among frozen
   objects are never collected, and the process is about to end.
+- `exit_without_teardown(code)`: after a run that succeeded, the exit handlers (`atexit`: logging's
+  flush and close, the tracking process's stop, ...) and a flush of stdout/stderr, then
+  `os._exit`: tearing down torch, Lightning and their ~400k objects module by module took a
+  tiny run ~0.4 s and frees nothing the operating system would not.
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import gc
 import importlib
+import os
 import sys
 from collections.abc import Iterator
 from types import ModuleType
+from typing import NoReturn
 
 #: Set by `imports_without_gc`: this process's entry point manages the collector at start-up.
 _ENTRY_POINT_CHOSE = False
@@ -60,3 +67,14 @@ def late_import(name: str) -> ModuleType:
 def freeze_before_exit() -> None:
     """Exclude every object alive now from the collections of interpreter teardown."""
     gc.freeze()
+
+
+def exit_without_teardown(code: int = 0) -> NoReturn:
+    """Run the exit handlers, flush the standard streams, end the process (see the docstring)."""
+    atexit._run_exitfuncs()  # what a normal exit runs first: logging.shutdown among them
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed or broken stream: nothing more can be written
+            pass
+    os._exit(code)
