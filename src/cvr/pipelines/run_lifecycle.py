@@ -104,23 +104,3 @@ def signals_as_exceptions() -> Iterator[None]:
 def taker() -> str:
     """`pid N on HOST` of this process: who took a resumed run over (its `resumed_by` tag)."""
     return f"pid {os.getpid()} on {socket.gethostname()}"
-
-
-def take_over(
-    tracking_uri: str, run_id: str, info: Mapping[str, Any], resumed_by: str | None = None
-) -> None:
-    """Mark the MLflow run a resume continues: RUNNING again, tagged with who took it over
-    (`resumed_by`, `taker()` of the training process; this process's by default)."""
-    from mlflow.tracking import MlflowClient
-
-    from cvr.tracking.mlflow_runs import set_tags
-
-    client = MlflowClient(tracking_uri)
-    status = client.get_run(run_id).info.status
-    was = f"pid {info.get('pid')} on {info.get('host')}" if info.get("pid") else "unknown"
-    if status == "RUNNING":
-        log.warning("resume: taking over MLflow run %s, left RUNNING by %s (gone)", run_id, was)
-    tags = {"resumed_by": resumed_by or taker(), "resumed_from_status": status}
-    set_tags(tracking_uri, run_id, tags)
-    if status != "RUNNING":
-        client.update_run(run_id, status="RUNNING")

@@ -313,3 +313,17 @@ def end_run(tracking_uri: str, run_id: str, status: str = "FINISHED") -> None:
                 raise
             log.warning("recording run %s as %s: %s; retrying", run_id, status, exc.message)
             gc.collect()
+
+
+def take_over(tracking_uri: str, run_id: str, info: Mapping[str, Any], resumed_by: str) -> None:
+    """Mark the MLflow run a resume continues: RUNNING again, tagged with who took it over
+    (`resumed_by`: `pipelines.run_lifecycle.taker()` of the training process)."""
+    client = client_for(tracking_uri)
+    status = client.get_run(run_id).info.status
+    was = f"pid {info.get('pid')} on {info.get('host')}" if info.get("pid") else "unknown"
+    if status == "RUNNING":
+        log.warning("resume: taking over MLflow run %s, left RUNNING by %s (gone)", run_id, was)
+    tags = {"resumed_by": resumed_by, "resumed_from_status": status}
+    set_tags(tracking_uri, run_id, tags)
+    if status != "RUNNING":
+        client.update_run(run_id, status="RUNNING")

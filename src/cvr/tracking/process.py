@@ -57,7 +57,6 @@ def _finish_run(
 @cache
 def calls() -> dict[str, Callable[..., Any]]:
     """The allow-list: every call a training process may make, by name."""
-    from cvr.pipelines import run_lifecycle
     from cvr.tracking import mlflow_runs, store, training_run
 
     return {
@@ -71,7 +70,7 @@ def calls() -> dict[str, Callable[..., Any]]:
         "log_training_data": training_run.log_training_record,
         "log_metrics": mlflow_runs.log_metrics,
         "log_metric_points": mlflow_runs.log_metric_points,
-        "take_over": run_lifecycle.take_over,
+        "take_over": mlflow_runs.take_over,
         "log_plots": training_run.log_plots,
         "finish_run": _finish_run,
         "end_run": mlflow_runs.end_run,
