@@ -7,7 +7,7 @@ either. `train.py` calls `prestart(argv)` before it imports torch: a tracking pr
 The pipeline then talks to it through a `Tracker`:
 
 - `tracker.call(name, *args)`: an asynchronous call (queued, fire-and-forget) of the call
-  `name` of the tracking process's registry (`cvr.tracking.process.CALLS`), with plain-data
+  `name` of the tracking process's registry (`cvr.tracking.process.calls()`), with plain-data
   arguments. An error in one is kept there and raised by the next checked `ask` or `drain`.
 - `tracker.ask(name, *args, check=True)`: a synchronous call; returns its value. `check=False`
   runs it even after an earlier asynchronous call failed (ending a failed run as FAILED), and
