@@ -153,7 +153,7 @@ class OnePassEncoder:
             return np.where(to_numpy(col.is_null()), 0, ids)
         values = numbers_of(col)
         keys, inverse = np.unique(criteo_log_keys(values), return_inverse=True)
-        names = pa.array([criteo_log_name(k) for k in keys.tolist()], pa.string())
+        names = from_strings([criteo_log_name(k) for k in keys.tolist()])
         unique_ids = 1 + (stable_hash(names) % np.uint64(enc.hash_buckets))
         return np.where(np.isnan(values), 0, unique_ids[inverse.reshape(-1)])
 
