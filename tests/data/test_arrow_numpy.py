@@ -79,11 +79,19 @@ def test_to_numpy_of_chunked_and_empty_arrays() -> None:
     assert to_numpy(strings).tolist() == ["a", None]  # other types: pyarrow's own conversion
 
 
-def test_a_store_build_does_not_import_pandas(tmp_path) -> None:
-    """pa.array() and Array.to_numpy() import pandas (~0.3 s) on first use; a build avoids both."""
+@pytest.mark.parametrize("numbers", ["integers", "decimals"])
+def test_a_store_build_does_not_import_pandas(tmp_path, numbers) -> None:
+    """pa.array(), pa.scalar() and Array.to_numpy() import pandas (~0.3 s) on first use; a build
+    avoids them, on the integer fast path and on the checked path of decimals and "NA"."""
     data = tmp_path / "day.tsv"
+
+    def number(i: int, j: int) -> str:
+        if numbers == "decimals" and j == 0:
+            return "NA" if i % 5 == 0 else f"{i * 0.25:.2f}"
+        return str(i * j % 97)
+
     rows = [
-        "\t".join(["1" if i % 4 == 0 else "0", *(str(i * j % 97) for j in range(13))]
+        "\t".join(["1" if i % 4 == 0 else "0", *(number(i, j) for j in range(13))]
                   + [f"{(i * 7 + j) % 50:08x}" for j in range(26)])
         for i in range(300)
     ]  # fmt: skip

@@ -10,13 +10,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from cvr.data.arrow_numpy import to_numpy
+from cvr.data.arrow_numpy import from_numpy, from_strings, to_numpy
 
 # A decimal number, ASCII digits only (RE2's \d would accept other scripts' digits).
 NUMBER_RE = r"^[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?$"
 # Spellings of a missing numeric value (empty is the usual one; the rest are what pandas writes).
-# A tuple, made an Arrow array where used: pa.array() at import would import pandas (~0.5 s of
-# every run's start-up, training included).
+# A tuple, made an Arrow array where used, through buffers (pa.array() imports pandas).
 MISSING_NUMBER = ("", "nan", "NaN", "NAN", "NA", "null", "NULL", "None")
 
 
@@ -44,9 +43,11 @@ def parse_numbers(col: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def parse_numbers_checked(col: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """parse_numbers, value by value against the number pattern (vectorized)."""
     s = pc.utf8_trim_whitespace(col)
-    missing = pc.or_(pc.is_null(s), pc.is_in(s, value_set=pa.array(MISSING_NUMBER, pa.string())))
-    ok = pc.fill_null(pc.match_substring_regex(s, NUMBER_RE), False)
-    values = pc.cast(pc.if_else(ok, s, pa.scalar(None, s.type)), pa.float64())
+    missing = pc.or_(pc.is_null(s), pc.is_in(s, value_set=from_strings(MISSING_NUMBER)))
+    # Scalars taken from arrays: pa.scalar() (and a plain False or None here) imports pandas.
+    false, null = from_numpy(np.zeros(1, dtype=bool))[0], pa.nulls(1, s.type)[0]
+    ok = pc.fill_null(pc.match_substring_regex(s, NUMBER_RE), false)
+    values = pc.cast(pc.if_else(ok, s, null), pa.float64())
     values, missing, ok = to_numpy(values), to_numpy(missing), to_numpy(ok)
     bad = ~missing & ~(ok & np.isfinite(values))
     return np.where(missing, np.nan, values), missing, bad
@@ -54,7 +55,7 @@ def parse_numbers_checked(col: pa.Array) -> tuple[np.ndarray, np.ndarray, np.nda
 
 def blank_to_null(col: pa.Array) -> pa.Array:
     """`col` with empty strings as nulls (a no-op copy-free return when there are none)."""
-    empty = pc.equal(col, "")
+    empty = pc.equal(col, from_strings([""])[0])  # an Arrow scalar: "" would import pandas
     if not pc.any(empty).as_py():
         return col
-    return pc.if_else(empty, pa.scalar(None, col.type), col)
+    return pc.if_else(empty, pa.nulls(1, col.type)[0], col)
