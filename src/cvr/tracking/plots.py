@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import re
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 # Figure objects render straight to files: no pyplot state and no display needed.
@@ -255,10 +255,22 @@ def write_run_artifacts(
 ) -> dict[str, Path]:
     """All of the module's files under out_dir (plots/ and summary.md); returns those written."""
     files = write_plots(histories, summary, out_dir, title, oracle)
-    text = summary_markdown(title, tags or {}, histories, summary, oracle)
-    files["summary"] = Path(out_dir) / "summary.md"
-    files["summary"].write_text(text)
+    files.update(write_summary(histories, summary, out_dir, title, tags, oracle))
     return files
+
+
+def write_summary(
+    histories: Mapping[str, History],
+    summary: Mapping[str, float],
+    out_dir: str | Path,
+    title: str = "",
+    tags: Mapping[str, str] | None = None,
+    oracle: Mapping[str, float] | None = None,
+) -> dict[str, Path]:
+    """out_dir/summary.md (`summary_markdown`); returns {"summary": its path}."""
+    path = Path(out_dir) / "summary.md"
+    path.write_text(summary_markdown(title, tags or {}, histories, summary, oracle))
+    return {"summary": path}
 
 
 #: The per-epoch curves the learning curve and the summary read back from MLflow.
@@ -270,6 +282,21 @@ def _histories(client, run_id: str) -> dict[str, list[tuple[int, float]]]:
         name: [(m.step, m.value) for m in client.get_metric_history(run_id, name)]
         for name in CURVES
     }
+
+
+def _log_drawn(
+    tracking_uri: str, run_id: str, draw: Callable[[Mapping[str, History], str], dict[str, Path]]
+) -> dict[str, Path]:
+    """Read the run's epoch curves from MLflow, `draw(histories, folder)` files into a temporary
+    folder and log them to the run; returns their paths relative to that folder."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    histories = _histories(client, run_id)
+    with tempfile.TemporaryDirectory() as tmp:
+        files = draw(histories, tmp)
+        client.log_artifacts(run_id, tmp)
+    return {name: Path(path).relative_to(tmp) for name, path in files.items()}
 
 
 def log_run_artifacts(
@@ -285,20 +312,10 @@ def log_run_artifacts(
 
     plots=False: summary.md only (the plots were logged by `log_plots` when fit ended).
     """
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri)
-    histories = _histories(client, run_id)
-    with tempfile.TemporaryDirectory() as tmp:
-        if plots:
-            files = write_run_artifacts(histories, summary, tmp, title, tags, oracle)
-        else:
-            files = {"summary": Path(tmp) / "summary.md"}
-            files["summary"].write_text(
-                summary_markdown(title, tags or {}, histories, summary, oracle)
-            )
-        client.log_artifacts(run_id, tmp)
-    return {name: Path(path).relative_to(tmp) for name, path in files.items()}
+    write = write_run_artifacts if plots else write_summary
+    return _log_drawn(
+        tracking_uri, run_id, lambda h, tmp: write(h, summary, tmp, title, tags, oracle)
+    )
 
 
 def log_plots(
@@ -310,11 +327,6 @@ def log_plots(
 ) -> dict[str, Path]:
     """Only the plots (`write_plots`) of the run's curves and `summary`'s eff/ figures, logged
     under plots/: everything they need is known once fit ends, before the test."""
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri)
-    histories = _histories(client, run_id)
-    with tempfile.TemporaryDirectory() as tmp:
-        files = write_plots(histories, summary, tmp, title, oracle)
-        client.log_artifacts(run_id, tmp)
-    return {name: Path(path).relative_to(tmp) for name, path in files.items()}
+    return _log_drawn(
+        tracking_uri, run_id, lambda h, tmp: write_plots(h, summary, tmp, title, oracle)
+    )
