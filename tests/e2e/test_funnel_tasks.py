@@ -147,8 +147,12 @@ def test_cvr_study_default_protocol_is_one_prior_and_early_stopping(tmp_path):
     cfg = compose_train(tmp_path, STUDY[:1])
     assert cfg.optimizer.l2_prior == 10.0 and cfg.optimizer.dense.weight_decay == 0.0
     assert cfg.backend.name == "autograd" and cfg.embedding.sparse is False
-    # Early stopping, not the cap, ends a run: the first epoch without improvement stops it.
-    assert cfg.callbacks.early_stopping.patience == 1 and cfg.trainer.max_epochs >= 20
+    # Early stopping, not the cap, ends a run; two epochs without improvement stop it, so one
+    # noisy epoch does not end a run on its epoch-1 model.
+    assert cfg.callbacks.early_stopping.patience == 2 and cfg.trainer.max_epochs >= 20
+    # Every arm's batch follows its training rows: ~200 steps an epoch, batch in [16, 2048].
+    assert cfg.datamodule.steps_per_epoch == 200
+    assert (cfg.datamodule.min_batch_size, cfg.datamodule.batch_size) == (16, 2048)
 
 
 @pytest.mark.parametrize("task", ["cvr", "esmm", "ctcvr"])
@@ -209,3 +213,69 @@ def test_l2_prior_refuses_what_it_cannot_mean(tmp_path, override, match):
     store = build_store(cfg)
     with pytest.raises(ConfigError, match=match):
         funnel.with_l2_prior(cfg, store, funnel.task_from_config(cfg, store))
+
+
+# --- the CVR study's batch rule: ~N optimizer steps an epoch for every arm ---------------------
+
+
+@pytest.mark.parametrize("task", ["cvr", "esmm"])
+def test_steps_per_epoch_sets_each_arms_batch_from_its_training_rows(tmp_path, task):
+    from cvr.data.funnel_batches import train_rows
+    from cvr.pipelines import funnel
+    from cvr.pipelines.train import build_store, train
+
+    steps = ["datamodule.steps_per_epoch=7", "datamodule.min_batch_size=4"]
+    cfg = compose_train(tmp_path, [*STUDY, f"task={task}", "model=fm", *steps])
+    store = build_store(cfg)
+    rows = train_rows(store, "train", funnel.task_from_config(cfg, store))
+    out = funnel.with_steps_per_epoch(cfg, store, funnel.task_from_config(cfg, store))
+    assert out.datamodule.batch_size == max(4, min(512, math.ceil(rows / 7)))
+    assert "steps_per_epoch" not in out.datamodule and "min_batch_size" not in out.datamodule
+    assert cfg.datamodule.batch_size == 512  # the caller's config is left as it was
+    if task == "cvr":  # ~20% of 3000 rows clicked: 7 steps an epoch where 512 gives 2
+        metrics = train(cfg)
+        batch = metrics["train/batch_size"]
+        assert batch == out.datamodule.batch_size and batch < 512
+        assert metrics["train/global_step"] == metrics["train/epochs_run"] * math.ceil(rows / batch)
+
+
+def test_batch_for_steps_clamps_to_floor_and_ceiling():
+    from cvr.pipelines.funnel import batch_for_steps
+
+    assert batch_for_steps(5000, 200, 16, 2048) == 25
+    assert batch_for_steps(1_000_000, 200, 16, 2048) == 2048  # the ceiling binds
+    assert batch_for_steps(1000, 200, 16, 2048) == 16  # the floor binds
+    assert batch_for_steps(1001, 10, 1, 4096) == 101  # ceil: at most 10 steps
+
+
+def test_steps_per_epoch_null_keeps_batch_size(tmp_path):
+    from cvr.pipelines import funnel
+    from cvr.pipelines.train import build_store
+
+    cfg = compose_train(
+        tmp_path, [*STUDY, "task=cvr", "model=fm", "datamodule.steps_per_epoch=null"]
+    )
+    out = funnel.with_steps_per_epoch(cfg, build_store(cfg), None)
+    assert out.datamodule.batch_size == 512 and "steps_per_epoch" not in out.datamodule
+
+
+@pytest.mark.parametrize(
+    ("override", "match"),
+    [
+        ("datamodule.steps_per_epoch=0", r"datamodule.steps_per_epoch: expected an integer >= 1"),
+        ("datamodule.min_batch_size=1024", r"min_batch_size=1024 is above .*batch_size=512"),
+        ("datamodule.min_batch_size=0", r"datamodule.min_batch_size: expected an integer >= 1"),
+    ],
+)
+def test_steps_per_epoch_refuses_bad_values(tmp_path, override, match):
+    from cvr.pipelines import funnel
+    from cvr.pipelines.config_check import check_config
+    from cvr.pipelines.errors import ConfigError
+    from cvr.pipelines.train import build_store
+
+    cfg = compose_train(tmp_path, [*STUDY, "task=cvr", "model=fm", override])
+    with pytest.raises(ConfigError, match=match):
+        funnel.with_steps_per_epoch(cfg, build_store(cfg), funnel.task_from_config(cfg))
+    if override.endswith("=0"):  # refused at start-up too, before Hydra makes the run folder
+        with pytest.raises(ConfigError, match=match):
+            check_config(cfg)

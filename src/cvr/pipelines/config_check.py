@@ -31,6 +31,8 @@ _NUMBERS: dict[str, tuple[type, float | None, bool]] = {
     "trainer.num_sanity_val_steps": (int, 0, True),
     "datamodule.batch_size": (int, 1, False),
     "datamodule.eval_batch_size": (int, 1, False),
+    "datamodule.steps_per_epoch": (int, 1, True),
+    "datamodule.min_batch_size": (int, 1, False),
     "checkpoint_every_n_steps": (int, 1, True),
     "optimizer.lr": (float, None, True),
     "data.rows_train": (int, 1, False),

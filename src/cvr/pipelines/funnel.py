@@ -12,14 +12,22 @@ torch's weight decay is a penalty on the batch *mean*, so the same prior is weig
 lam / rows: naive CVR (its ~5% clicked rows) gets 20x the decay of ESMM (every impression).
 Equivalently, both get the same decay per epoch (lr x lam / batch size, whatever the steps per
 epoch), where one weight_decay would decay ESMM 20x harder per epoch relative to its data.
+
+`datamodule.steps_per_epoch=N` is the same idea for the batch size: each run's batch is
+ceil(its training rows / N), clamped to [datamodule.min_batch_size, datamodule.batch_size], so
+arms that train on 20x fewer rows (naive CVR on the clicked ones) still take ~N optimizer steps
+an epoch instead of a handful; `batch_size` is then the ceiling. null (the default) keeps
+`batch_size` for every run.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
+import math
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from cvr.data.funnel_batches import train_rows
 from cvr.data.store import EncodedStore
@@ -140,4 +148,59 @@ def with_l2_prior(cfg: DictConfig, store: EncodedStore, task: Task | None) -> Di
     )
     out = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
     out.optimizer.dense.weight_decay = weight_decay
+    return out
+
+
+#: datamodule keys that choose the batch size and are not StoreDataModule arguments.
+BATCH_RULE_KEYS = ("steps_per_epoch", "min_batch_size")
+
+
+def batch_for_steps(rows: int, steps_per_epoch: int, min_batch: int, max_batch: int) -> int:
+    """ceil(rows / steps_per_epoch) clamped to [min_batch, max_batch] (the module doc)."""
+    return max(min_batch, min(max_batch, math.ceil(rows / steps_per_epoch)))
+
+
+def _positive_int(key: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"datamodule.{key}: expected an integer >= 1, got {value!r}")
+    return value
+
+
+def with_steps_per_epoch(cfg: DictConfig, store: EncodedStore, task: Task | None) -> DictConfig:
+    """`cfg` with datamodule.batch_size from datamodule.steps_per_epoch and the rows this run
+    trains on (the module doc), logged, and the rule's keys removed from `datamodule` (what is
+    left are StoreDataModule's arguments); `cfg` itself where the node has neither key.
+
+    Refuses a steps_per_epoch or min_batch_size that is not an integer >= 1, and a
+    min_batch_size above batch_size (the ceiling), each with the key named.
+    """
+    node = cfg.get("datamodule") or {}
+    if not any(key in node for key in BATCH_RULE_KEYS):
+        return cfg
+    steps = node.get("steps_per_epoch")
+    out = copy.deepcopy(cfg)  # interpolations stay unresolved, as in `cfg`
+    with open_dict(out):
+        for key in BATCH_RULE_KEYS:
+            out.datamodule.pop(key, None)
+    if steps is None:
+        return out
+    steps = _positive_int("steps_per_epoch", steps)
+    floor = _positive_int("min_batch_size", node.get("min_batch_size", 1))
+    ceiling = _positive_int("batch_size", node.get("batch_size"))
+    if floor > ceiling:
+        raise ConfigError(
+            f"datamodule.min_batch_size={floor} is above datamodule.batch_size={ceiling}, the "
+            "ceiling of the batch that datamodule.steps_per_epoch chooses; expected "
+            "min_batch_size <= batch_size"
+        )
+    rows = train_rows(store, "train", task) if task is not None else store.rows("train")
+    batch = batch_for_steps(rows, steps, floor, ceiling)
+    log.info(
+        "datamodule.steps_per_epoch %d over %d training rows: batch_size %d (%d steps an epoch)",
+        steps,
+        rows,
+        batch,
+        math.ceil(rows / batch) if rows else 0,
+    )
+    out.datamodule.batch_size = batch
     return out

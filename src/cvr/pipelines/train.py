@@ -343,6 +343,7 @@ def fit_and_test(
     label = task.train_label if task else training_label(cfg, store)
     cfg = funnel.with_task_model(cfg)  # task=esmm: the model is ESMM over the chosen towers
     cfg = funnel.with_l2_prior(cfg, store, task)  # optimizer.l2_prior: decay = prior / rows
+    cfg = funnel.with_steps_per_epoch(cfg, store, task)  # batch = rows / steps, clamped
     tracking = cfg.logger
     loggers = []
     if run_id is not None:
@@ -407,6 +408,7 @@ def fit_and_test(
     metrics.update(val_history.best(metrics))  # val/... stay the last epoch's (MLflow's curves)
     metrics["train/processes"] = float(trainer.world_size)
     metrics["train/weight_decay"] = float(cfg.optimizer.dense.get("weight_decay") or 0.0)
+    metrics["train/batch_size"] = float(cfg.datamodule.batch_size)
     metrics["train/lr"] = float(module.backend.lr)
     if searched is not None:
         metrics.update(searched.metrics())
