@@ -14,8 +14,9 @@ outputs/cache), then:
   (eta 0.2, lambda 2e-5, instance normalisation, 15 epochs) and again with `--auto-stop` on the
   same validation rows.
 
-`--also NAME:KEY=VALUE,KEY=VALUE` (repeatable) trains further cvr variants on the same rows in the
-same run (columns `cvr-NAME`), so candidate defaults are compared side by side.
+`--also NAME:KEY=VALUE,KEY=VALUE` (repeatable; a list keeps its commas:
+`g:optimizer.lr_search.grid=[0.02,0.2]`) trains further cvr variants on the same rows in the same
+run (columns `cvr-NAME`), so candidate defaults are compared side by side.
 
 Printed: test AUC and logloss of each, cvr's epochs run and best epoch, the standard error of a
 test AUC on that many positives and negatives (Hanley-McNeil, at cvr's AUC: two AUCs closer than
@@ -69,9 +70,16 @@ DATASETS: dict[str, list[str]] = {
     # the shape of the issue's real set: 10 fields, ~5.4k values, ~290k rows (dense: ~50 rows
     # per value, so it wants many epochs)
     "syn-290k-10f-dense": synthetic(290_000, 10, 5_400),
+    # implicit feedback with sampled negatives (cvr/data/implicit.py), the family of the held-out
+    # real sets: Frappe's shape (10 fields, 5,382 values, 288,609 rows) and MovieLens-tag's
+    # (user, movie, tag; cardinalities scaled to the rows)
+    "imp-frappe-290k": ["data=synthetic_implicit"],
+    "imp-ml-50k": ["data=synthetic_implicit_ml", "data.rows=50000"],
+    "imp-ml-290k": ["data=synthetic_implicit_ml", "data.rows=290000"],
 }
+IMPLICIT = ("imp-frappe-290k", "imp-ml-50k", "imp-ml-290k")
 DEFAULT_SET = (*REAL, "syn-50k-39f", "syn-200k-39f", "syn-50k-10f", "syn-200k-10f",
-               "syn-290k-10f-dense")  # fmt: skip
+               "syn-290k-10f-dense", *IMPLICIT)  # fmt: skip
 
 #: The defaults before the recipe (for --before): 4 epochs, AdaGrad lr 0.02, no weight decay.
 BEFORE = [
@@ -185,10 +193,21 @@ def auc_standard_error(auc: float, positives: int, negatives: int) -> float:
     return float(np.sqrt(max(var, 0.0) / (positives * negatives)))
 
 
+def split_top_level(text: str) -> list[str]:
+    """Split on the commas outside brackets: 'a=1,b=[1,2]' -> ['a=1', 'b=[1,2]']."""
+    parts, depth, start = [], 0, 0
+    for i, ch in enumerate(text):
+        depth += {"[": 1, "{": 1, "]": -1, "}": -1}.get(ch, 0)
+        if ch == "," and depth == 0:
+            parts.append(text[start:i])
+            start = i + 1
+    return [*parts, text[start:]]
+
+
 def parse_variant(text: str) -> tuple[str, list[str]]:
     """'NAME:KEY=VALUE,KEY=VALUE' -> (NAME, [KEY=VALUE, ...])."""
     name, sep, rest = text.partition(":")
-    overrides = [o for o in rest.split(",") if o]
+    overrides = [o for o in split_top_level(rest) if o]
     if not sep or not name or not all("=" in o for o in overrides):
         raise argparse.ArgumentTypeError(
             f"--also wants NAME:KEY=VALUE[,KEY=VALUE...], got {text!r}"

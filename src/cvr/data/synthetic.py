@@ -262,14 +262,17 @@ def _vocabulary_maps(gen: SyntheticGenerator, min_count: int) -> list[np.ndarray
     for ids, _, _ in gen.chunks("train", with_labels=False):
         for f in range(ids.shape[1]):
             counts[f] += np.bincount(ids[:, f], minlength=len(counts[f]))
-    maps = []
-    for c in counts:
-        keep = c >= max(min_count, 1)
-        keep[0] = False
-        m = np.zeros(len(c), dtype=np.int32)
-        m[keep] = np.arange(1, keep.sum() + 1, dtype=np.int32)  # ranks stay in frequency order
-        maps.append(m)
-    return maps
+    return [rank_map(c, min_count) for c in counts]
+
+
+def rank_map(counts: np.ndarray, min_count: int) -> np.ndarray:
+    """int32 map rank -> field-local id from a field's train counts per rank (index 0 unused):
+    ranks seen >= min_count times get ids 1.. in rank order, the rest 0 (OOV)."""
+    keep = counts >= max(min_count, 1)
+    keep[0] = False
+    m = np.zeros(len(counts), dtype=np.int32)
+    m[keep] = np.arange(1, keep.sum() + 1, dtype=np.int32)  # ranks stay in frequency order
+    return m
 
 
 def synthetic_schema(spec: SyntheticSpec) -> Schema:
@@ -286,7 +289,13 @@ def synthetic_preprocessor(spec: SyntheticSpec, maps: list[np.ndarray]) -> Prepr
     """The fitted Preprocessor of a synthetic store: raw values are frequency ranks (as ints or
     strings) and each field's vocabulary is its kept ranks in rank order, so it maps a rank to
     the same field-local id as `maps` (unkept or unseen ranks -> 0)."""
-    min_count = max(spec.min_count, 1)
+    return rank_preprocessor(synthetic_schema(spec), maps, spec.min_count)
+
+
+def rank_preprocessor(schema: Schema, maps: list[np.ndarray], min_count: int) -> Preprocessor:
+    """A fitted Preprocessor whose raw values are ranks: field f's vocabulary is the ranks
+    `maps[f]` keeps, in rank order (see `rank_map`)."""
+    min_count = max(min_count, 1)
     encoders = [
         FieldEncoder(
             name=name,
@@ -296,11 +305,9 @@ def synthetic_preprocessor(spec: SyntheticSpec, maps: list[np.ndarray]) -> Prepr
             min_count=min_count,
             vocab=[str(rank) for rank in np.flatnonzero(m).tolist()],
         )
-        for name, m in zip(spec.field_names(), maps, strict=True)
+        for name, m in zip(schema.field_names, maps, strict=True)
     ]
-    return Preprocessor.from_encoders(
-        synthetic_schema(spec), PreprocessConfig(min_count=min_count), encoders
-    )
+    return Preprocessor.from_encoders(schema, PreprocessConfig(min_count=min_count), encoders)
 
 
 def build_synthetic_store(

@@ -37,11 +37,13 @@ METRICS = "metrics.json"
 
 def _store_builders() -> dict[str, Callable[..., EncodedStore]]:
     from cvr.data.build import build_file_store
+    from cvr.data.implicit import build_implicit_store
     from cvr.data.synthetic import build_synthetic_store
 
     return {
         "cvr.data.build.build_file_store": build_file_store,
         "cvr.data.synthetic.build_synthetic_store": build_synthetic_store,
+        "cvr.data.implicit.build_implicit_store": build_implicit_store,
     }
 
 
