@@ -101,3 +101,24 @@ def test_exit_without_teardown_runs_exit_handlers_and_flushes_then_exits_with_th
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 3, result.stderr
     assert result.stdout == "buffered, no newlinehandler ran\n"
+
+
+def test_torchmetrics_without_scipy_keeps_scipy_signal_out_of_lightnings_import_only():
+    import subprocess
+
+    code = (
+        "import sys\n"
+        "from cvr.startup import torchmetrics_without_scipy\n"
+        "from lightning_utilities.core import imports\n"
+        "before = imports.package_available\n"
+        "with torchmetrics_without_scipy():\n"
+        "    import lightning.pytorch, torchmetrics\n"
+        "assert 'torchmetrics' in sys.modules and 'scipy.signal' not in sys.modules\n"
+        "assert imports.package_available is before and imports.package_available('scipy')\n"
+        "assert not any(type(f).__name__ == '_AfterExec' for f in sys.meta_path)\n"
+        "import scipy.signal\n"  # a later import is a plain one
+        "print(scipy.signal.windows.hamming(3).shape)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "(3,)\n"

@@ -18,6 +18,11 @@ functions that never become garbage.
 - `freeze_before_exit()`: the same for what the run imported later, so interpreter teardown does
   not walk it again. Reference counting still frees memory as usual; only cycles among frozen
   objects are never collected, and the process is about to end.
+- `torchmetrics_without_scipy()`: Lightning imports torchmetrics, whose `__init__` and audio
+  metrics import `scipy.signal` (and with it scipy.stats, .interpolate, .optimize...) only to
+  patch a name for an audio metric: ~1.5 s of a tiny run's ~5 s of imports, for nothing this
+  project calls (no torchmetrics audio metric, no scipy). Inside the block torchmetrics sees no
+  scipy; a later `import scipy` works as usual.
 - `exit_without_teardown(code)`: after a run that succeeded, the exit handlers (`atexit`: logging's
   flush and close, the tracking process's stop, ...) and a flush of stdout/stderr, then
   `os._exit`: tearing down torch, Lightning and their ~400k objects module by module took a
@@ -30,9 +35,11 @@ import atexit
 import contextlib
 import gc
 import importlib
+import importlib.abc
+import importlib.machinery
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from types import ModuleType
 from typing import NoReturn
 
@@ -53,6 +60,55 @@ def imports_without_gc() -> Iterator[None]:
         gc.freeze()
         if was_enabled:
             gc.enable()
+
+
+class _AfterExec(importlib.abc.MetaPathFinder):
+    """Runs `then(module)` right after module `name` is executed (first import only)."""
+
+    def __init__(self, name: str, then) -> None:
+        self.name, self.then = name, then
+
+    def find_spec(self, name: str, path: Sequence[str] | None, target=None):
+        if name != self.name:
+            return None
+        spec = importlib.machinery.PathFinder.find_spec(name, path)
+        if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
+            return None
+        execute = spec.loader.exec_module
+
+        def exec_module(module: ModuleType) -> None:
+            execute(module)
+            self.then(module)
+
+        spec.loader.exec_module = exec_module
+        return spec
+
+
+@contextlib.contextmanager
+def torchmetrics_without_scipy() -> Iterator[None]:
+    """torchmetrics, imported inside the block, skips its `import scipy.signal` (docstring)."""
+    if "torchmetrics" in sys.modules:
+        yield
+        return
+    try:
+        from lightning_utilities.core import imports as requirements
+    except ImportError:  # no Lightning: nothing imports torchmetrics
+        yield
+        return
+    available = requirements.package_available  # what torchmetrics/__init__ asks
+    requirements.package_available = lambda name: name != "scipy" and available(name)
+
+    def no_scipy(module: ModuleType) -> None:  # what torchmetrics.functional.audio asks
+        if hasattr(module, "_SCIPI_AVAILABLE"):
+            module._SCIPI_AVAILABLE = False
+
+    hook = _AfterExec("torchmetrics.utilities.imports", no_scipy)
+    sys.meta_path.insert(0, hook)
+    try:
+        yield
+    finally:
+        requirements.package_available = available
+        sys.meta_path.remove(hook)
 
 
 def late_import(name: str) -> ModuleType:
