@@ -1,6 +1,8 @@
 """The fused learning rate chosen on validation (cvr.pipelines.lr_search) through the pipeline."""
 
+import json
 import math
+from pathlib import Path
 
 import pytest
 
@@ -23,33 +25,83 @@ def run(tmp_path, *overrides):
     return train(compose_train(tmp_path, [*TINY_DATA, *QUIET, *overrides]))
 
 
-def test_the_run_trains_the_rate_with_the_best_val_auc_and_repeats_its_search_run(tmp_path):
-    grid = [0.01, 0.3]
-    grid_override = f"optimizer.lr_search.grid={grid}"
-    cfg = compose_train(tmp_path / "probe", [*TINY_DATA, *QUIET, grid_override])
+def searched_alone(tmp_path, grid):
+    """The search with every rate trained through the kernels (none by the pipeline's run)."""
+    cfg = compose_train(tmp_path, [*TINY_DATA, *QUIET, f"optimizer.lr_search.grid={grid}"])
     store = build_store(cfg)
-    result = lr_search.choose_lr(cfg, store, training_label(cfg, store))
-    assert [c.lr for c in result.candidates] == grid
-    score = {c.lr: c.score for c in result.candidates}
-    assert score[0.01] != score[0.3]  # the two rates must differ for the choice to mean anything
-    assert result.lr == min(score, key=score.get)
+    return lr_search.choose_lr(cfg, store, training_label(cfg, store))
 
-    metrics = run(tmp_path / "run", grid_override)
-    assert metrics["train/lr"] == result.lr
-    for c in result.candidates:
+
+def recorded(run_dir):
+    return json.loads((Path(run_dir) / lr_search.OUTCOME_FILE).read_text())
+
+
+def test_the_run_is_the_first_candidate_and_equals_its_kernel_only_run(tmp_path):
+    grid = [0.01, 0.3]
+    alone = searched_alone(tmp_path / "probe", grid)
+    assert [c.lr for c in alone.candidates] == grid
+    score = {c.lr: c.score for c in alone.candidates}
+    assert score[0.01] != score[0.3]  # the two rates must differ for the choice to mean anything
+    # The better rate first, so the pipeline's own run at it is the model (nothing retrains).
+    better, worse = sorted(alone.candidates, key=lambda c: c.score)
+    cfg = compose_train(
+        tmp_path / "run", [*TINY_DATA, *QUIET, f"optimizer.lr_search.grid=[{better.lr},{worse.lr}]"]
+    )
+    metrics = train(cfg)
+    assert metrics["train/lr"] == better.lr
+    run_first, run_second = recorded(cfg.paths.output_dir)["candidates"]
+    assert run_first["is_run"] and not run_second["is_run"]
+    # One thread: the Lightning run and the kernel-only run of a rate give the same val figures
+    # at every epoch, so the walk chooses as it would with every rate trained alone.
+    for mine, theirs in ((run_first, better), (run_second, worse)):
+        assert mine["lr"] == theirs.lr
+        assert mine["val_auc"] == pytest.approx(theirs.val_auc, abs=1e-12)
+        assert mine["val_logloss"] == pytest.approx(theirs.val_logloss, abs=1e-12)
+    assert run_first["kept_epoch"] == better.best_epoch
+    for c in alone.candidates:
         assert metrics[f"train/lr_search/{c.lr:g}/val_auc"] == pytest.approx(c.best, abs=1e-12)
         assert metrics[f"train/lr_search/{c.lr:g}/val_logloss"] == pytest.approx(c.score, abs=1e-12)
-    # The pipeline's run at the chosen rate is the candidate's run: same epochs, same kept
-    # epoch, same val figures there.
-    chosen = next(c for c in result.candidates if c.lr == result.lr)
-    assert metrics["train/epochs_run"] == len(chosen.val_auc)
-    assert metrics["train/best_epoch"] == chosen.best_epoch + 1
-    assert metrics["val/best/auc"] == pytest.approx(chosen.best, abs=1e-6)
-    assert metrics["val/best/logloss"] == pytest.approx(chosen.score, abs=1e-6)
+    assert metrics["train/epochs_run"] == len(better.val_auc)
+    assert metrics["train/best_epoch"] == better.best_epoch + 1
+    assert metrics["val/best/logloss"] == pytest.approx(better.score, abs=1e-12)
     # ... and a run given that rate explicitly (no search) learns the same model.
-    fixed = run(tmp_path / "fixed", f"optimizer.lr={result.lr}")
-    assert fixed["test/auc"] == pytest.approx(metrics["test/auc"], abs=1e-6)
+    fixed = run(tmp_path / "fixed", f"optimizer.lr={better.lr}")
+    assert fixed["test/auc"] == pytest.approx(metrics["test/auc"], abs=1e-12)
     assert not any(k.startswith("train/lr_search") for k in fixed)
+
+
+def test_a_later_rate_that_wins_retrains_and_the_first_run_leaves_no_trace(
+    tmp_path, empty_mlflow_store
+):
+    import mlflow
+
+    from cvr.checkpointing import load_checkpoint
+
+    alone = searched_alone(tmp_path / "probe", [0.01, 0.3])
+    better, worse = sorted(alone.candidates, key=lambda c: c.score)
+    uri = empty_mlflow_store(tmp_path / "run")
+    overrides = [*TINY_DATA, *QUIET[1:], "export_bundle=false", "logger.tracking_process=false"]
+    overrides += [f"optimizer.lr_search.grid=[{worse.lr},{better.lr}]"]
+    cfg = compose_train(tmp_path / "run", overrides)
+    metrics = train(cfg)
+    assert metrics["train/lr"] == better.lr
+    assert metrics["train/epochs_run"] == len(better.val_auc)
+    assert metrics["val/best/auc"] == pytest.approx(better.best, abs=1e-12)
+    # Only the final run's checkpoints: its best epoch, its val history.
+    folder = Path(cfg.paths.output_dir) / "checkpoints"
+    (best,) = folder.glob("epoch*.ckpt")
+    assert best.name.startswith(f"epoch{better.best_epoch:02d}-")
+    history = load_checkpoint(best)["callbacks"]["ValidationByEpoch"]["by_epoch"]
+    assert [history[e]["val/auc"] for e in sorted(history)] == pytest.approx(
+        better.val_auc[: better.best_epoch + 1], abs=1e-12
+    )
+    # MLflow: the run's curves are the final run's alone; the first run's under its rate.
+    client = mlflow.MlflowClient(uri)
+    (run_info,) = client.search_runs([client.get_experiment_by_name("cvr").experiment_id])
+    curve = [m.value for m in client.get_metric_history(run_info.info.run_id, "val/auc")]
+    assert curve == pytest.approx(better.val_auc, abs=1e-6)
+    first = client.get_metric_history(run_info.info.run_id, f"lr_search/{worse.lr:g}/val/auc")
+    assert [m.value for m in first] == pytest.approx(worse.val_auc, abs=1e-6)
 
 
 def test_the_grid_is_walked_until_a_rate_scores_below_the_best_before_it(tmp_path):
@@ -106,3 +158,35 @@ def test_a_candidate_is_scored_at_the_epoch_its_checkpoint_would_keep():
     one_class = lr_search.Candidate(0.1, [math.nan], [0.3])
     assert one_class.best_epoch is None
     assert math.isnan(one_class.best) and math.isnan(one_class.score)
+
+
+def test_a_resumed_run_reuses_the_recorded_search(tmp_path, monkeypatch):
+    overrides = [*TINY_DATA, *QUIET, "optimizer.lr_search.grid=[0.01,0.3]"]
+    first = compose_train(tmp_path, overrides)
+    done = train(first)
+    trained = []
+    real = lr_search.train_candidate
+
+    def counted(cfg, store, label, lr, options, threads):
+        trained.append(lr)
+        return real(cfg, store, label, lr, options, threads)
+
+    monkeypatch.setattr(lr_search, "train_candidate", counted)
+    again = compose_train(tmp_path, [*overrides, "resume=true"])
+    resumed = train(again)
+    assert trained == []  # the search is not redone
+    assert resumed["train/lr"] == done["train/lr"]
+    searched = {k: v for k, v in done.items() if k.startswith("train/lr_search/")}
+    assert searched and all(resumed[k] == pytest.approx(v, abs=1e-12) for k, v in searched.items())
+    assert recorded(again.paths.output_dir) == recorded(first.paths.output_dir)
+    # A checkpoint of the search's first run, before the search went on (no outcome recorded):
+    # the resumed run is that candidate, its val history read from the checkpoint, and only the
+    # later rates train through the kernels.
+    (Path(again.paths.output_dir) / lr_search.OUTCOME_FILE).unlink()
+    third = compose_train(tmp_path, [*overrides, f"resume={again.paths.output_dir}"])
+    again_metrics = train(third)
+    outcome = recorded(third.paths.output_dir)
+    assert done["train/lr"] == 0.01  # (on these rows) the first rate won: its checkpoint's run
+    assert trained == [0.3]
+    assert outcome == recorded(first.paths.output_dir)
+    assert again_metrics["train/lr"] == 0.01

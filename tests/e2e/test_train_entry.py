@@ -217,7 +217,9 @@ def test_checkpoints_are_written_once_and_last_links_to_the_best(tmp_path, monke
         real_save(self, checkpoint, path, storage_options)
 
     monkeypatch.setattr(AtomicCheckpointIO, "save_checkpoint", save)
-    cfg = compose_train(tmp_path, [*CHEAP, "trainer.max_epochs=3"])
+    # A fixed rate: with the lr search, a later rate that wins trains (and checkpoints) again
+    # (tests/e2e/test_lr_search.py).
+    cfg = compose_train(tmp_path, [*CHEAP, "trainer.max_epochs=3", "optimizer.lr=0.02"])
     train(cfg)
     folder = Path(cfg.paths.output_dir) / "checkpoints"
     # One full write per improved epoch, none of them a copy as last.ckpt.

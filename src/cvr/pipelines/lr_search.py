@@ -10,18 +10,25 @@ best val AUC's), and the pipeline then trains the best rate as usual. Measured w
 scripts/recipe_check.py: that score picks 0.02 on every synthetic shape and 0.1 on movielens
 at seeds 0-2; the kept epoch's val AUC itself (1,256 val rows) picked 0.05 at seeds 1 and 2.
 
-The search calls the kernels directly (no Lightning, no checkpoints): a candidate costs about
-what its training epochs cost. `max_train_rows` bounds that cost: a larger training split
-trains `default_lr` without a search. With one thread training is deterministic, so the
-pipeline's run at the chosen rate repeats the candidate's exactly.
+The grid's first rate is not trained twice: the pipeline's own Lightning run at that rate is the
+first candidate (`candidate_from_run`, its val figures per epoch and its checkpoint's kept
+epoch), and only the later rates train here, through the kernels directly (no Lightning, no
+checkpoints): such a candidate costs about what its training epochs cost. With one thread both
+paths are deterministic and give the same val figures at every epoch (tests/e2e/
+test_lr_search.py), so the walk chooses as if every rate had trained here. Only where a later
+rate wins does the pipeline train again, at that rate. `max_train_rows` bounds the cost: a larger
+training split trains `default_lr` without a search. The outcome is written to the run folder
+(`write_outcome`, `lr_search.json`) so that a resumed run reuses it (`read_outcome`).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -33,9 +40,13 @@ from cvr.data.datamodule import BlockOrder, SliceBatches
 from cvr.data.store import EncodedStore
 from cvr.metrics import binary_metrics
 from cvr.models.registry import build_model
+from cvr.ops.manifest import write_json_atomic
 from cvr.pipelines.errors import ConfigError
 
 log = logging.getLogger(__name__)
+
+#: The search's outcome in the run folder, read by a resumed run (`read_outcome`).
+OUTCOME_FILE = "lr_search.json"
 
 
 @dataclass
@@ -46,11 +57,17 @@ class Candidate:
     val_auc: list[float] = field(default_factory=list)
     val_logloss: list[float] = field(default_factory=list)
     seconds: float = 0.0
+    #: The epoch the pipeline's run kept (0-based), for the candidate that is that run.
+    kept_epoch: int | None = None
+    #: True for the pipeline's own run (`candidate_from_run`): not a cost of the search.
+    is_run: bool = False
 
     @property
     def best_epoch(self) -> int | None:
-        """Index of the epoch the run's checkpoint would keep: the first with the highest val
-        AUC (None if no epoch has a finite one)."""
+        """Index of the epoch the run's checkpoint keeps or would keep: the first with the
+        highest val AUC (None if no epoch has a finite one)."""
+        if self.kept_epoch is not None:
+            return self.kept_epoch
         finite = [i for i, a in enumerate(self.val_auc) if math.isfinite(a)]
         return max(finite, key=lambda i: (self.val_auc[i], -i)) if finite else None
 
@@ -81,8 +98,8 @@ class SearchResult:
         for c in self.candidates:
             out[f"train/lr_search/{c.lr:g}/val_auc"] = c.best
             out[f"train/lr_search/{c.lr:g}/val_logloss"] = c.score
-        if self.candidates:
-            out["train/lr_search_seconds"] = sum(c.seconds for c in self.candidates)
+        if self.candidates:  # what the search added: the run's own training is not counted
+            out["train/lr_search_seconds"] = sum(c.seconds for c in self.candidates if not c.is_run)
         return out
 
 
@@ -149,14 +166,9 @@ def train_candidate(
     return out
 
 
-def choose_lr(
-    cfg: DictConfig, store: EncodedStore, label: str, threads: int = 1
-) -> SearchResult | None:
-    """The grid's rate with the lowest score (`Candidate.score`; the first of equals; the
-    grid's first where no candidate has a best epoch), trying the rates in grid order until one
-    scores worse than the best before it. A one-rate grid's rate without a search; None where
-    no search runs: an explicit optimizer.lr, no grid, or more training rows than
-    `max_train_rows` (logged)."""
+def search_grid(cfg: DictConfig, store: EncodedStore) -> list[float] | None:
+    """The rates to try, checked; None where no search runs: an explicit optimizer.lr, no grid,
+    or more training rows than `max_train_rows` (logged)."""
     settings = search_settings(cfg)
     if settings is None:
         return None
@@ -165,22 +177,63 @@ def choose_lr(
         raise ConfigError(f"optimizer.lr_search.grid: every rate must be > 0, got {grid}")
     limit = settings.get("max_train_rows")
     rows = store.rows("train")
-    if len(grid) == 1:
-        return SearchResult(grid[0], [], "optimizer.lr_search.grid has one rate")
-    if limit is not None and rows > int(limit):
+    if len(grid) > 1 and limit is not None and rows > int(limit):
         log.info(
             "lr search skipped: %d training rows > optimizer.lr_search.max_train_rows=%d",
             rows,
             int(limit),
         )
         return None
+    return grid
+
+
+def candidate_from_run(
+    lr: float, val_by_epoch: dict[int, dict[str, float]], kept_epoch: int | None, seconds: float
+) -> Candidate | None:
+    """The pipeline's own run at `lr` as a candidate: its val AUC and logloss per epoch
+    (0-based epoch -> `val/...` figures) and the epoch its checkpoint kept; None (logged) if
+    epochs are missing (a run resumed from a checkpoint without its val history)."""
+    epochs = sorted(val_by_epoch)
+    if not epochs or epochs != list(range(len(epochs))):
+        log.info(
+            "lr search: the run's val figures miss epochs (%s); lr %g trains again", epochs, lr
+        )
+        return None
+    auc = [float(val_by_epoch[e].get("val/auc", math.nan)) for e in epochs]
+    logloss = [float(val_by_epoch[e].get("val/logloss", math.nan)) for e in epochs]
+    return Candidate(lr, auc, logloss, seconds, kept_epoch=kept_epoch, is_run=True)
+
+
+def choose_lr(
+    cfg: DictConfig,
+    store: EncodedStore,
+    label: str,
+    threads: int = 1,
+    first: Candidate | None = None,
+) -> SearchResult | None:
+    """The grid's rate with the lowest score (`Candidate.score`; the first of equals; the
+    grid's first where no candidate has a best epoch), trying the rates in grid order until one
+    scores worse than the best before it. `first`, the pipeline's run at the grid's first rate,
+    stands for that rate instead of training it here. A one-rate grid's rate without a search;
+    None where no search runs (`search_grid`)."""
+    grid = search_grid(cfg, store)
+    if grid is None:
+        return None
+    if len(grid) == 1:
+        return SearchResult(grid[0], [], "optimizer.lr_search.grid has one rate")
+    if first is not None and first.lr != grid[0]:
+        raise ValueError(f"the run trained lr {first.lr:g}, not the grid's first {grid[0]:g}")
     options = dict(OmegaConf.to_container(cfg.optimizer.fused, resolve=True) or {})
     candidates: list[Candidate] = []
     for lr in grid:
-        c = train_candidate(cfg, store, label, lr, options, threads)
+        if first is not None and lr == grid[0]:
+            c = first
+        else:
+            c = train_candidate(cfg, store, label, lr, options, threads)
         log.info(
-            "lr search: lr %g, val AUC by epoch %s; kept epoch's val logloss %.4f (%.1f s)",
+            "lr search: lr %g%s, val AUC by epoch %s; kept epoch's val logloss %.4f (%.1f s)",
             lr,
+            " (this run)" if c.is_run else "",
             " ".join(f"{a:.4f}" for a in c.val_auc),
             c.score,
             c.seconds,
@@ -201,6 +254,44 @@ def choose_lr(
         f"{c.lr:g}: {c.score:.4f}" for c in candidates
     )
     return SearchResult(chosen.lr, candidates, reason)
+
+
+def write_outcome(run_dir: Path, result: SearchResult) -> None:
+    """`result` as `run_dir/lr_search.json` (atomic), for a resumed run to reuse."""
+    payload = {"lr": result.lr, "reason": result.reason}
+    payload["candidates"] = [asdict(c) for c in result.candidates]
+    write_json_atomic(Path(run_dir) / OUTCOME_FILE, payload)
+
+
+def read_outcome(run_dir: Path) -> SearchResult | None:
+    """The outcome an earlier run wrote to `run_dir` (None if it wrote none: its search had
+    not finished). A file that does not parse fails naming it."""
+    path = Path(run_dir) / OUTCOME_FILE
+    if not path.is_file():
+        return None
+    try:
+        payload = json.loads(path.read_text())
+        candidates = [Candidate(**c) for c in payload["candidates"]]
+        return SearchResult(float(payload["lr"]), candidates, str(payload["reason"]))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"{path}: not an lr search outcome ({exc})") from None
+
+
+def resumed_outcome(
+    run_dir: Path, checkpoint_lr: float | None, grid: list[float]
+) -> SearchResult | None:
+    """What a run resumed from a checkpoint of `run_dir` trains at: the search recorded there
+    (`read_outcome`) where it agrees with the rate the checkpoint trained at; the checkpoint's
+    rate alone where no search is recorded for it; None for a checkpoint of the search's first
+    run at the grid's first rate, whose search had not finished (the run goes on from it)."""
+    outcome = read_outcome(run_dir)
+    if checkpoint_lr is None:  # a checkpoint older than its rate's record
+        return outcome
+    if outcome is not None and outcome.lr == checkpoint_lr:
+        return outcome
+    if checkpoint_lr == grid[0]:
+        return None
+    return SearchResult(checkpoint_lr, [], f"the resumed checkpoint's rate ({run_dir})")
 
 
 def with_lr(cfg: DictConfig, lr: float) -> DictConfig:

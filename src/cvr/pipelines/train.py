@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import re
+import time
 from pathlib import Path
 from typing import Any
 
@@ -247,9 +248,17 @@ class ValidationByEpoch(L.Callback):
             k: float(v) for k, v in metrics.items() if k.startswith("val/") and np.isscalar(v)
         }
 
+    # Kept in the checkpoint: a resumed run knows the epochs before it (the lr search's first
+    # candidate needs them all, and `best` the best epoch's).
+    def state_dict(self) -> dict[str, Any]:
+        return {"by_epoch": {int(e): dict(m) for e, m in self.by_epoch.items()}}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.by_epoch = {int(e): dict(m) for e, m in state_dict.get("by_epoch", {}).items()}
+
     def best(self, summary: dict[str, float]) -> dict[str, float]:
         """`val/best/<name>`: the val figures of summary's train/best_epoch ({} if unknown, e.g.
-        a resumed run whose best epoch ran before the resume)."""
+        a run resumed from a checkpoint older than this state)."""
         epoch = summary.get("train/best_epoch")
         figures = self.by_epoch.get(int(epoch) - 1, {}) if epoch is not None else {}
         return {f"val/best/{k.removeprefix('val/')}": v for k, v in figures.items()}
@@ -330,6 +339,61 @@ def start_tracking(
     return run_id
 
 
+class LearningRateRecord(L.Callback):
+    """The rate the module's backend trains at, kept in each checkpoint, so that a resumed run
+    knows which rate its checkpoint is of (`resumed_search`)."""
+
+    lr: float | None = None
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        backend = getattr(pl_module, "backend", None)
+        self.lr = float(backend.lr) if backend is not None else None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"lr": self.lr}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        pass  # the resumed run's rate is chosen before it is built (resumed_search)
+
+
+def resumed_search(checkpoint: Path, grid: list[float]) -> lr_search.SearchResult | None:
+    """The lr search a run resumed from `checkpoint` reuses (lr_search.resumed_outcome)."""
+    from cvr.checkpointing import load_checkpoint
+
+    state = load_checkpoint(checkpoint).get("callbacks", {}).get(LearningRateRecord.__qualname__)
+    lr = (state or {}).get("lr")
+    return lr_search.resumed_outcome(checkpoint.parent.parent, lr, grid)
+
+
+def make_trainer(
+    cfg: DictConfig, run_id: str | None, tracker: Tracker | None
+) -> tuple[L.Trainer, ValidationByEpoch, Any]:
+    """A Trainer with the config's callbacks, the val history and, with an MLflow run, its
+    epoch-curve logger (returned too: None without a run)."""
+    curves = None
+    if run_id is not None:
+        from cvr.tracking.epoch_logger import EpochMlflowLogger
+
+        # Curves at step = epoch; summary metrics are logged once when the run ends.
+        curves = EpochMlflowLogger(tracker, cfg.logger.tracking_uri, run_id)
+    val_history = ValidationByEpoch()
+    trainer = hydra.utils.instantiate(cfg.trainer)(
+        callbacks=[*build_callbacks(cfg), val_history, LearningRateRecord()],
+        logger=[curves] if curves is not None else False,
+        plugins=[AtomicCheckpointIO()],  # temp name in the checkpoint folder, then rename
+    )
+    return trainer, val_history, curves
+
+
+def discard_checkpoints(trainer: L.Trainer) -> None:
+    """Remove the checkpoints `trainer`'s checkpoint callbacks wrote (a run that is not the
+    model: resume and test must never find them)."""
+    for callback in trainer.checkpoint_callbacks:
+        if callback.dirpath:
+            for path in Path(callback.dirpath).glob("*.ckpt"):
+                path.unlink(missing_ok=True)
+
+
 def fit_and_test(
     cfg: DictConfig,
     resume_ckpt: Path | None,
@@ -345,34 +409,34 @@ def fit_and_test(
     cfg = funnel.with_l2_prior(cfg, store, task)  # optimizer.l2_prior: decay = prior / rows
     cfg = funnel.with_steps_per_epoch(cfg, store, task)  # batch = rows / steps, clamped
     tracking = cfg.logger
-    loggers = []
     if run_id is not None:
-        from cvr.tracking.epoch_logger import EpochMlflowLogger
-
         record = training_run.training_record(cfg, store, label)
         tracker.call("log_training_data", tracking.tracking_uri, run_id, record)
-        # Curves at step = epoch; summary metrics are logged once when the run ends.
-        loggers.append(EpochMlflowLogger(tracker, tracking.tracking_uri, run_id))
     if task is not None:
         datamodule = FunnelDataModule(store, task, seed=cfg.seed, **cfg.datamodule)
     else:
         datamodule = StoreDataModule(store, label=label, seed=cfg.seed, **cfg.datamodule)
     forget_previous_launch()  # an earlier sweep job's DDP launch, in this same process
-    val_history = ValidationByEpoch()
-    trainer = hydra.utils.instantiate(cfg.trainer)(
-        callbacks=[*build_callbacks(cfg), val_history],
-        logger=loggers or False,
-        plugins=[AtomicCheckpointIO()],  # temp name in the checkpoint folder, then rename
-    )
+    trainer, val_history, curves = make_trainer(cfg, run_id, tracker)
     module = build_module(cfg, build_model(cfg, store.cardinalities), trainer, task)
-    searched = None
+    grid = None
     if task is None and module.backend.name == "fused":  # optimizer.lr null: chosen on val
-        searched = lr_search.choose_lr(cfg, store, label, int(cfg.backend.threads))
-    if searched is not None:
-        log.info("lr %g (%s)", searched.lr, searched.reason)
-        cfg = lr_search.with_lr(cfg, searched.lr)
-        L.seed_everything(cfg.seed, workers=True, verbose=False)  # the candidate's init
-        module = build_module(cfg, build_model(cfg, store.cardinalities), trainer, task)
+        grid = lr_search.search_grid(cfg, store)
+    searched = None
+    if grid is not None:
+        # A resumed run reuses its search (the winner's rate); without one recorded, the
+        # checkpoint is of the search's first candidate, this pipeline's run at the grid's first
+        # rate, which the search goes on from once it is trained.
+        searched = resumed_search(resume_ckpt, grid) if resume_ckpt else None
+        if searched is not None and searched.candidates:
+            log.info("lr %g, the resumed run's search (%s)", searched.lr, searched.reason)
+        lr = searched.lr if searched is not None else grid[0]
+        search_cfg, cfg = cfg, lr_search.with_lr(cfg, lr)
+        if curves is not None and searched is None and len(grid) > 1:
+            curves.hold = True  # sent once the search says whether this run is the model
+        if lr != module.backend.lr:
+            L.seed_everything(cfg.seed, workers=True, verbose=False)  # the candidates' init
+            module = build_module(cfg, build_model(cfg, store.cardinalities), trainer, task)
     if run_id is not None:
         tracker.call(
             "set_tags",
@@ -385,7 +449,32 @@ def fit_and_test(
             },
         )
     launch_only_this_job(trainer.world_size)  # DDP inside a -m sweep: the children run this job
+    started = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume_ckpt) if resume_ckpt else None)
+    if grid is not None and searched is None:
+        ckpt_cb = trainer.checkpoint_callback
+        kept = training_summary(trainer, ckpt_cb.best_model_path if ckpt_cb else "")
+        kept_epoch = int(kept["train/best_epoch"]) - 1 if "train/best_epoch" in kept else None
+        first = lr_search.candidate_from_run(
+            grid[0], val_history.by_epoch, kept_epoch, time.perf_counter() - started
+        )
+        threads = int(cfg.backend.threads)
+        searched = lr_search.choose_lr(search_cfg, store, label, threads, first=first)
+        log.info("lr %g (%s)", searched.lr, searched.reason)
+        if searched.lr != grid[0]:  # a later rate won: this run's checkpoints and curves go
+            discard_checkpoints(trainer)
+            if curves is not None:
+                curves.release(prefix=f"lr_search/{grid[0]:g}/")
+            lr_search.write_outcome(Path(cfg.paths.output_dir), searched)
+            cfg = lr_search.with_lr(search_cfg, searched.lr)
+            trainer, val_history, curves = make_trainer(cfg, run_id, tracker)
+            L.seed_everything(cfg.seed, workers=True, verbose=False)  # the candidates' init
+            module = build_module(cfg, build_model(cfg, store.cardinalities), trainer, task)
+            trainer.fit(module, datamodule=datamodule)
+    if searched is not None:
+        if curves is not None and curves.hold:
+            curves.release()
+        lr_search.write_outcome(Path(cfg.paths.output_dir), searched)
     metrics = {k: v for k, v in module.last_metrics.items() if k.startswith("val/")}
     # The learning curve's ceiling (a FunnelModule scores the oracle of its own head and rows).
     val_oracle = oracle_metrics(store, "val", label) if task is None else {}

@@ -13,7 +13,10 @@ logger instead writes:
 
 The points go to the run's `Tracker` (cvr.tracking.tracker) as one asynchronous
 `log_metric_points` call per log: this process never imports mlflow, and fit does not wait on
-SQLite's commits.
+SQLite's commits. With `hold=True` they are kept until `release()`: the lr search's first
+candidate is a Lightning run that may not be the run's model (cvr.pipelines.lr_search), so its
+curves are sent once that is known, under their own names if it is, else under
+`lr_search/<lr>/...`, and never mixed into the final run's curves.
 """
 
 from __future__ import annotations
@@ -50,11 +53,22 @@ def route(key: str) -> tuple[str, bool] | None:
 class EpochMlflowLogger(Logger):
     """Writes train/val curves of one existing MLflow run (see the module docstring)."""
 
-    def __init__(self, tracker: Tracker, tracking_uri: str, run_id: str) -> None:
+    def __init__(
+        self, tracker: Tracker, tracking_uri: str, run_id: str, hold: bool = False
+    ) -> None:
         super().__init__()
         self.tracker = tracker
         self.tracking_uri = tracking_uri
         self.run_id = run_id
+        self.hold = hold
+        self.held: list[tuple[str, float, int, int]] = []
+
+    def release(self, prefix: str = "") -> None:
+        """Send the held points (names prefixed with `prefix`); later points go out as logged."""
+        points = [(prefix + name, *rest) for name, *rest in self.held]
+        self.hold, self.held = False, []
+        if points:
+            self.tracker.call("log_metric_points", self.tracking_uri, self.run_id, points)
 
     @property
     def name(self) -> str:
@@ -86,5 +100,7 @@ class EpochMlflowLogger(Logger):
             name, per_epoch = routed
             at = epoch if per_epoch and epoch is not None else step
             points.append((name, display_value(value), now, int(at or 0)))
-        if points:
+        if points and self.hold:
+            self.held.extend(points)
+        elif points:
             self.tracker.call("log_metric_points", self.tracking_uri, self.run_id, points)
