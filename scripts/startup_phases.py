@@ -59,7 +59,10 @@ TARGETS = {
     "cvr.serving.pyfunc": [("log_pyfunc_model", "  log model (pyfunc)")],
     "cvr.tracking.epoch_logger": [("EpochMlflowLogger.log_metrics", "  epoch curves (MLflow)")],
     "cvr.serving.bundle": [("export_from_training", "bundle export")],
-    "cvr.checkpointing": [("AtomicCheckpointIO.save_checkpoint", "  checkpoints")],
+    "cvr.checkpointing": [
+        ("AtomicCheckpointIO.save_checkpoint", "  checkpoints"),
+        ("AtomicCheckpointIO.teardown", "  checkpoints"),  # the fsyncs when the stage ends
+    ],
     "cvr.callbacks": [("profile_model", "  efficiency profile")],
     "lightning.pytorch.trainer.trainer": [
         ("Trainer.__init__", "Trainer construction"),

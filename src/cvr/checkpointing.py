@@ -7,6 +7,13 @@
   file lives in `$TMPDIR`; across filesystems the final "move" is a copy, so a full disk left a
   truncated checkpoint under its final name. This one writes `<name>.tmp-<pid>` in the
   destination folder, fsyncs it and renames it into place; a failed write leaves the old file.
+  With `sync_each=False` (the training pipeline) a checkpoint is renamed into place unsynced
+  and every one still there is fsynced when the stage ends (`teardown`): a killed process loses
+  nothing (the page cache holds the renamed file), only an operating-system crash mid-run can,
+  and resume then falls back to an intact checkpoint (`resume_checkpoint`). A tiny run's 11
+  improving epochs spent ~0.34 s of its ~0.75 s of checkpoint writes in those fsyncs. The
+  records carry no CRC32 (`torch.save` computes one per record, ~40% of a save's CPU here, and
+  `torch.load` never checks it); a truncated file still fails to load.
 - `intact_checkpoint(path)`: does it load, and does it hold a state dict?
 - `newest_intact(paths)`: the newest candidate that is intact, saying which ones were skipped;
   `resume_checkpoint(path)`: `path`, or the newest intact checkpoint beside it, saying so.
@@ -112,8 +119,11 @@ def write_bytes_atomic(data: bytes, path: str | os.PathLike) -> None:
     write_atomic(path, lambda f: f.write(data))
 
 
-def write_atomic(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -> None:
-    """`write(f)` into a temporary sibling of `path`, fsync, rename; DiskFullError if full."""
+def write_atomic(
+    path: str | os.PathLike, write: Callable[[BinaryIO], object], sync: bool = True
+) -> None:
+    """`write(f)` into a temporary sibling of `path`, fsync (unless `sync` is false), rename;
+    DiskFullError if full."""
     path = Path(path)
     # The writer's pid in the name: gc (cvr.ops.temporaries) reclaims it once that process is gone.
     tmp = path.with_name(f"{path.name}{TMP_MARK}{os.getpid()}-{uuid.uuid4().hex[:8]}")
@@ -121,7 +131,8 @@ def write_atomic(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -
         with open(tmp, "wb") as f:
             write(f)
             f.flush()
-            os.fsync(f.fileno())
+            if sync:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
@@ -135,8 +146,39 @@ def write_atomic(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -
         raise
 
 
+def sync_file(path: str | os.PathLike) -> None:
+    """fsync the file at `path`; DiskFullError naming it if the disk is full."""
+    try:
+        with open(path, "rb") as f:
+            os.fsync(f.fileno())
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            raise DiskFullError(errno.ENOSPC, f"disk full while writing {path}") from None
+        raise
+
+
+def save_without_crc32(obj: Any, f: BinaryIO) -> None:
+    """`torch.save(obj, f)` without the per-record CRC32 (see the module docstring)."""
+    options = torch.serialization
+    if not hasattr(options, "get_crc32_options"):  # an older torch: saved as it does
+        torch.save(obj, f)
+        return
+    before = options.get_crc32_options()
+    options.set_crc32_options(False)
+    try:
+        torch.save(obj, f)
+    finally:
+        options.set_crc32_options(before)
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Lightning CheckpointIO: temporary name in the destination folder, then rename."""
+    """Lightning CheckpointIO: temporary name in the destination folder, then rename; fsynced
+    at once, or (`sync_each=False`) when the stage ends."""
+
+    def __init__(self, sync_each: bool = True) -> None:
+        super().__init__()
+        self.sync_each = sync_each
+        self._unsynced: dict[Path, None] = {}
 
     def save_checkpoint(
         self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None
@@ -146,7 +188,17 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         # Straight into the temporary file: through a BytesIO first cost ~1.6x (its growth
         # copies, then the write), measured on a tiny run's 37 MB checkpoints.
-        write_atomic(path, lambda f: torch.save(checkpoint, f))
+        write_atomic(path, lambda f: save_without_crc32(checkpoint, f), sync=self.sync_each)
+        if not self.sync_each:
+            self._unsynced[Path(path)] = None
+
+    def teardown(self) -> None:
+        """fsync the checkpoints written unsynced that are still there (the kept ones)."""
+        pending, self._unsynced = list(self._unsynced), {}
+        for path in pending:
+            if path.is_file() and not path.is_symlink():
+                sync_file(path)
+        super().teardown()
 
     def load_checkpoint(
         self, path: Any, map_location: Any = None, weights_only: bool | None = None

@@ -68,6 +68,15 @@ def test_the_run_is_the_first_candidate_and_equals_its_kernel_only_run(tmp_path)
     fixed = run(tmp_path / "fixed", f"optimizer.lr={better.lr}")
     assert fixed["test/auc"] == pytest.approx(metrics["test/auc"], abs=1e-12)
     assert not any(k.startswith("train/lr_search") for k in fixed)
+    # Where the grid's first rate is the backend's default (as in the default config), the
+    # module built before the search is the run's: the same figures again.
+    grid_first_default = [f"optimizer.lr_search.grid=[{better.lr},{worse.lr}]"]
+    grid_first_default += [f"optimizer.default_lr.fused={better.lr}"]
+    again = compose_train(tmp_path / "default", [*TINY_DATA, *QUIET, *grid_first_default])
+    assert train(again)["test/auc"] == pytest.approx(metrics["test/auc"], abs=1e-12)
+    assert (
+        recorded(again.paths.output_dir)["candidates"][0]["val_logloss"] == run_first["val_logloss"]
+    )
 
 
 def test_a_later_rate_that_wins_retrains_and_the_first_run_leaves_no_trace(

@@ -72,3 +72,26 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(tmp_path):
     assert metrics["train/global_step"] > last["global_step"]
     for key in ("val/auc", "test/auc", "test/logloss"):
         assert metrics[key] == pytest.approx(reference[key], abs=1e-6), key
+
+
+def test_unsynced_checkpoints_are_fsynced_when_the_stage_ends_and_load_without_crc(
+    tmp_path, monkeypatch
+):
+    from cvr.checkpointing import AtomicCheckpointIO, load_checkpoint
+
+    synced = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: synced.append(os.readlink(f"/proc/self/fd/{fd}")))
+    io = AtomicCheckpointIO(sync_each=False)
+    kept, dropped = tmp_path / "epoch01.ckpt", tmp_path / "epoch00.ckpt"
+    io.save_checkpoint({"state_dict": {"w": torch.ones(3)}}, dropped)
+    io.save_checkpoint({"state_dict": {"w": torch.zeros(3)}}, kept)
+    assert synced == []  # renamed into place unsynced: a killed process still leaves them whole
+    io.remove_checkpoint(dropped)
+    io.teardown()
+    assert synced == [str(kept)]  # the ones still there, once, when fit or test ends
+    monkeypatch.setattr(os, "fsync", real_fsync)
+    assert torch.equal(load_checkpoint(kept)["state_dict"]["w"], torch.zeros(3))
+    assert torch.serialization.get_crc32_options()  # the process-wide setting is restored
+    io.teardown()
+    assert synced == [str(kept)]

@@ -380,7 +380,8 @@ def make_trainer(
     trainer = hydra.utils.instantiate(cfg.trainer)(
         callbacks=[*build_callbacks(cfg), val_history, LearningRateRecord()],
         logger=[curves] if curves is not None else False,
-        plugins=[AtomicCheckpointIO()],  # temp name in the checkpoint folder, then rename
+        # Temp name in the checkpoint folder, then rename; fsynced when fit ends (checkpointing).
+        plugins=[AtomicCheckpointIO(sync_each=False)],
     )
     return trainer, val_history, curves
 
