@@ -149,6 +149,12 @@ def run_cvr(output_root: Path, overrides: list[str]) -> tuple[dict[str, Any], An
         "best_epoch": metrics.get("train/best_epoch"),
         "stopped_early": metrics.get("train/stopped_early"),
         "seconds": time.perf_counter() - started,
+        # each rate the search tried: {lr: [its best val AUC, the val logloss it was scored by]}
+        "lr_tried": {
+            key.split("/")[2]: [metrics.get(key), metrics.get(key[: -len("auc")] + "logloss")]
+            for key in metrics
+            if key.startswith("train/lr_search/") and key.endswith("/val_auc")
+        },
     }
     return out, build_store(cfg)
 

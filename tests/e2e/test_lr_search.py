@@ -120,10 +120,16 @@ def test_the_grid_is_walked_until_a_rate_scores_below_the_best_before_it(tmp_pat
     pair = lr_search.choose_lr(cfg, store, label).candidates
     better, worse = sorted(pair, key=lambda c: c.score)
     grid = f"optimizer.lr_search.grid=[{better.lr},{worse.lr},0.05]"
-    cfg = compose_train(tmp_path, [*TINY_DATA, *QUIET, grid])
+    walk = "optimizer.lr_search.walk_patience=1"
+    cfg = compose_train(tmp_path, [*TINY_DATA, *QUIET, grid, walk])
     result = lr_search.choose_lr(cfg, store, label)
     assert [c.lr for c in result.candidates] == [better.lr, worse.lr]  # 0.05 never trained
     assert result.lr == better.lr
+    # walk_patience 2: one worse rate does not end the walk, so 0.05 trains too
+    cfg = compose_train(tmp_path, [*TINY_DATA, *QUIET, grid, "optimizer.lr_search.walk_patience=2"])
+    result = lr_search.choose_lr(cfg, store, label)
+    assert [c.lr for c in result.candidates] == [better.lr, worse.lr, 0.05]
+    assert result.lr == min(result.candidates, key=lambda c: c.score).lr
 
 
 def test_candidates_stop_by_the_pipelines_early_stopping_rule(tmp_path):

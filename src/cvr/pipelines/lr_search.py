@@ -224,7 +224,10 @@ def choose_lr(
     if first is not None and first.lr != grid[0]:
         raise ValueError(f"the run trained lr {first.lr:g}, not the grid's first {grid[0]:g}")
     options = dict(OmegaConf.to_container(cfg.optimizer.fused, resolve=True) or {})
+    # how many rates in a row may score worse than the best before the walk stops (README Recipe)
+    walk_patience = int((search_settings(cfg) or {}).get("walk_patience", 1))
     candidates: list[Candidate] = []
+    worse = 0
     for lr in grid:
         if first is not None and lr == grid[0]:
             c = first
@@ -244,7 +247,8 @@ def choose_lr(
         # epoch): the grid's first trains.
         previous = min((p.score for p in candidates), default=math.inf)
         candidates.append(c)
-        if not math.isfinite(c.score) or c.score > previous:
+        worse = worse + 1 if c.score > previous else 0
+        if not math.isfinite(c.score) or worse >= walk_patience:
             break
     scored = [c for c in candidates if math.isfinite(c.score)]
     if not scored:
