@@ -7,8 +7,9 @@ So with `optimizer.lr: null` the fused backend trains the rates of `optimizer.lr
 the way the pipeline will (same model init, same batches in the same order, the same early
 stopping on val AUC), scores each by the val logloss of the epoch its checkpoint would keep (the
 best val AUC's), and the pipeline then trains the best rate as usual. Measured with
-scripts/recipe_check.py: that score picks 0.02 on every synthetic shape and 0.1 on movielens
-at seeds 0-2; the kept epoch's val AUC itself (1,256 val rows) picked 0.05 at seeds 1 and 2.
+scripts/recipe_check.py: that score picks 0.02 on every Criteo-shape synthetic set, 0.1 on
+movielens at seeds 0-2 and 0.2 on the implicit-feedback shapes (data=synthetic_implicit*); the
+kept epoch's val AUC itself (1,256 val rows) picked 0.05 at seeds 1 and 2.
 
 The grid's first rate is not trained twice: the pipeline's own Lightning run at that rate is the
 first candidate (`candidate_from_run`, its val figures per epoch and its checkpoint's kept
@@ -212,10 +213,11 @@ def choose_lr(
     first: Candidate | None = None,
 ) -> SearchResult | None:
     """The grid's rate with the lowest score (`Candidate.score`; the first of equals; the
-    grid's first where no candidate has a best epoch), trying the rates in grid order until one
-    scores worse than the best before it. `first`, the pipeline's run at the grid's first rate,
-    stands for that rate instead of training it here. A one-rate grid's rate without a search;
-    None where no search runs (`search_grid`)."""
+    grid's first where no candidate has a best epoch), trying the rates in grid order until
+    `optimizer.lr_search.walk_patience` in a row score worse than the best before them.
+    `first`, the pipeline's run at the grid's first rate, stands for that rate instead of
+    training it here. A one-rate grid's rate without a search; None where no search runs
+    (`search_grid`)."""
     grid = search_grid(cfg, store)
     if grid is None:
         return None
@@ -241,10 +243,10 @@ def choose_lr(
             c.score,
             c.seconds,
         )
-        # The score is taken as unimodal along the grid: once a rate scores worse than the
-        # best so far, the rates after it are not tried (the synthetic shapes: 0.05 is worse
-        # than 0.02, so 0.1 never trains). A val split with one class scores no rate (no best
-        # epoch): the grid's first trains.
+        # The score is taken as nearly unimodal along the grid: once `walk_patience` rates in a
+        # row score worse than the best so far, the rates after them are not tried (the
+        # synthetic shapes: 0.05 and 0.1 are worse than 0.02, so 0.2 never trains). A val split
+        # with one class scores no rate (no best epoch): the grid's first trains.
         previous = min((p.score for p in candidates), default=math.inf)
         candidates.append(c)
         worse = worse + 1 if c.score > previous else 0
