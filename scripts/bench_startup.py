@@ -15,8 +15,9 @@ Arms: this checkout, and optionally another checkout of the project (`--before`,
   logger and with `logger=none`: wall seconds end to end, process start to exit, and CPU;
 - with `--phases`, one more default run under `scripts/startup_phases.py`: wall seconds per
   phase (imports, Hydra, MLflow start, numba kernels, fit with its checkpoints and profile,
-  test, bundle export, waits on the tracking process, interpreter exit), and the tracking
-  process's seconds per MLflow call, which run beside those phases (`tracking process: ...`).
+  test, bundle export, the lr search's kernel-only candidates, waits on the tracking process,
+  interpreter exit), and the tracking process's seconds per MLflow call, which run beside those
+  phases (`tracking process: ...`).
 
 After the arms, each repeat also times the floor no checkout can go below while it trains with
 Lightning: `import torch, lightning` in a bare interpreter with the collector off, and the same
@@ -109,6 +110,7 @@ PHASE_ORDER = (
     "  efficiency profile",
     "test",
     "bundle export",
+    "lr search: kernel-only candidates",
     "fit_and_test",
     "finish_run (MLflow)",
     "  log model (pyfunc)",

@@ -59,6 +59,8 @@ TARGETS = {
     "cvr.serving.pyfunc": [("log_pyfunc_model", "  log model (pyfunc)")],
     "cvr.tracking.epoch_logger": [("EpochMlflowLogger.log_metrics", "  epoch curves (MLflow)")],
     "cvr.serving.bundle": [("export_from_training", "bundle export")],
+    # The search's later rates (the first is the run's own fit): cvr.pipelines.lr_search
+    "cvr.pipelines.lr_search": [("train_candidate", "lr search: kernel-only candidates")],
     "cvr.checkpointing": [
         ("AtomicCheckpointIO.save_checkpoint", "  checkpoints"),
         ("AtomicCheckpointIO.teardown", "  checkpoints"),  # the fsyncs when the stage ends
