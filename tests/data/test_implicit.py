@@ -109,3 +109,6 @@ def test_bad_field_names_the_field():
     fields[3] = {"name": "weekday", "cardinality": 7, "role": "habbit"}
     with pytest.raises(ValueError, match="weekday: role 'habbit'"):
         _as_spec(fields, kw)
+    fields[3] = {"name": "weekday", "cardinality": 7, "role": "derived", "parent": "item"}
+    with pytest.raises(ValueError, match="weekday: parent 'item' is not a user or habit field"):
+        _as_spec(fields, kw)

@@ -95,8 +95,13 @@ class ImplicitSpec:
                 raise ValueError(f"data.fields: {f.name}: role {f.role!r} not one of {ROLES}")
             if f.cardinality < 2:
                 raise ValueError(f"data.fields: {f.name}: cardinality must be >= 2")
-            if f.role == "derived" and f.parent not in self.names:
-                raise ValueError(f"data.fields: {f.name}: parent {f.parent!r} is not a field")
+            # a derived field is drawn after the user and habit fields, from one of them
+            parents = [g.name for g in self.fields if g.role in ("user", "habit")]
+            if f.role == "derived" and f.parent not in parents:
+                raise ValueError(
+                    f"data.fields: {f.name}: parent {f.parent!r} is not a user or habit field "
+                    f"(one of {parents})"
+                )
             if f.role == "habit" and f.concentration <= 0:
                 raise ValueError(f"data.fields: {f.name}: concentration must be > 0")
         if roles.count("user") != 1 or roles.count("target") != 1:
