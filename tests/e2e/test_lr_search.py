@@ -92,12 +92,15 @@ def test_a_later_rate_that_wins_retrains_and_the_first_run_leaves_no_trace(
     overrides = [*TINY_DATA, *QUIET[1:], "export_bundle=false", "logger.tracking_process=false"]
     overrides += [f"optimizer.lr_search.grid=[{worse.lr},{better.lr}]"]
     cfg = compose_train(tmp_path / "run", overrides)
+    folder = Path(cfg.paths.output_dir) / "checkpoints"
+    folder.mkdir(parents=True)
+    (folder / "other-run.ckpt").write_text("kept")  # not the run's: left alone
     metrics = train(cfg)
     assert metrics["train/lr"] == better.lr
     assert metrics["train/epochs_run"] == len(better.val_auc)
     assert metrics["val/best/auc"] == pytest.approx(better.best, abs=1e-12)
+    assert (folder / "other-run.ckpt").read_text() == "kept"
     # Only the final run's checkpoints: its best epoch, its val history.
-    folder = Path(cfg.paths.output_dir) / "checkpoints"
     (best,) = folder.glob("epoch*.ckpt")
     assert best.name.startswith(f"epoch{better.best_epoch:02d}-")
     history = load_checkpoint(best)["callbacks"]["ValidationByEpoch"]["by_epoch"]

@@ -387,12 +387,12 @@ def make_trainer(
 
 
 def discard_checkpoints(trainer: L.Trainer) -> None:
-    """Remove the checkpoints `trainer`'s checkpoint callbacks wrote (a run that is not the
-    model: resume and test must never find them)."""
+    """Remove the checkpoints `trainer`'s checkpoint callbacks hold (a run that is not the
+    model: resume and test must never find them); nothing else in their folders."""
     for callback in trainer.checkpoint_callbacks:
-        if callback.dirpath:
-            for path in Path(callback.dirpath).glob("*.ckpt"):
-                path.unlink(missing_ok=True)
+        held = {*callback.best_k_models, callback.best_model_path, callback.last_model_path}
+        for path in filter(None, held):
+            Path(path).unlink(missing_ok=True)
 
 
 def fit_and_test(
