@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from cvr.pipelines.train import metrics_table, stop_line
+from cvr.pipelines.run_summary import metrics_table, stop_line
 from tests.helpers import TINY_DATA, compose_train
 
 

@@ -306,3 +306,38 @@ def with_lr(cfg: DictConfig, lr: float) -> DictConfig:
     with open_dict(out):
         out.optimizer.lr = float(lr)
     return out
+
+
+class LearningRateRecord(L.Callback):
+    """The rate the module's backend trains at, kept in each checkpoint, so that a resumed run
+    knows which rate its checkpoint is of (`resumed_search`)."""
+
+    lr: float | None = None
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        backend = getattr(pl_module, "backend", None)
+        self.lr = float(backend.lr) if backend is not None else None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"lr": self.lr}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        pass  # the resumed run's rate is chosen before it is built (resumed_search)
+
+
+def resumed_search(checkpoint: Path, grid: list[float]) -> SearchResult | None:
+    """The lr search a run resumed from `checkpoint` reuses (resumed_outcome)."""
+    from cvr.checkpointing import load_checkpoint
+
+    state = load_checkpoint(checkpoint).get("callbacks", {}).get(LearningRateRecord.__qualname__)
+    lr = (state or {}).get("lr")
+    return resumed_outcome(checkpoint.parent.parent, lr, grid)
+
+
+def discard_checkpoints(trainer: L.Trainer) -> None:
+    """Remove the checkpoints `trainer`'s checkpoint callbacks hold (a run that is not the
+    model: resume and test must never find them); nothing else in their folders."""
+    for callback in trainer.checkpoint_callbacks:
+        held = {*callback.best_k_models, callback.best_model_path, callback.last_model_path}
+        for path in filter(None, held):
+            Path(path).unlink(missing_ok=True)
