@@ -37,6 +37,11 @@ bench: setup
 	$(PY) scripts/bench_data.py --out outputs/bench/data.json
 	# A tiny run's start-up: imports, phases, and the torch + Lightning floor.
 	$(PY) scripts/bench_startup.py --phases --out outputs/bench/startup.json
+	# One process vs two DDP processes (gloo), same rows and global batch.
+	$(PY) scripts/bench_ddp.py --out outputs/bench/ddp.json
+	# Predictor latency on the bundle of a 50k-row run (model-only vs raw records end to end).
+	$(PY) train.py logger=none data.rows_train=50000 hydra.run.dir=outputs/bench/predictor_run
+	$(PY) scripts/bench_predictor.py --bundle outputs/bench/predictor_run/bundle --out outputs/bench/predictor.json
 	# Serving from Milvus vs in-process tables at the Criteo shape (publishes ~0.75M rows: 20-30 min
 	# on 2 busy cores; `--reuse-publish` measures again against the last publish).
 	$(PY) scripts/bench_store.py --repeats 1 --out outputs/bench/store.json
