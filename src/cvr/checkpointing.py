@@ -11,9 +11,10 @@
   and every one still there is fsynced when the stage ends (`teardown`): a killed process loses
   nothing (the page cache holds the renamed file), only an operating-system crash mid-run can,
   and resume then falls back to an intact checkpoint (`resume_checkpoint`). A tiny run's 11
-  improving epochs spent ~0.34 s of its ~0.75 s of checkpoint writes in those fsyncs. The
-  records carry no CRC32 (`torch.save` computes one per record, ~40% of a save's CPU here, and
-  `torch.load` never checks it); a truncated file still fails to load.
+  improving epochs spent ~0.34 s of its ~0.75 s of checkpoint writes in those fsyncs. Records
+  keep torch's CRC32: turning it off is a process-wide switch (`set_crc32_options`), and a
+  start-up bench run with it toggled around each save failed once in `torch.save`'s zip writer
+  (`unexpected pos`), so the ~40% of a save's CPU it costs stays.
 - `intact_checkpoint(path)`: does it load, and does it hold a state dict?
 - `newest_intact(paths)`: the newest candidate that is intact, saying which ones were skipped;
   `resume_checkpoint(path)`: `path`, or the newest intact checkpoint beside it, saying so.
@@ -157,20 +158,6 @@ def sync_file(path: str | os.PathLike) -> None:
         raise
 
 
-def save_without_crc32(obj: Any, f: BinaryIO) -> None:
-    """`torch.save(obj, f)` without the per-record CRC32 (see the module docstring)."""
-    options = torch.serialization
-    if not hasattr(options, "get_crc32_options"):  # an older torch: saved as it does
-        torch.save(obj, f)
-        return
-    before = options.get_crc32_options()
-    options.set_crc32_options(False)
-    try:
-        torch.save(obj, f)
-    finally:
-        options.set_crc32_options(before)
-
-
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Lightning CheckpointIO: temporary name in the destination folder, then rename; fsynced
     at once, or (`sync_each=False`) when the stage ends."""
@@ -188,7 +175,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         # Straight into the temporary file: through a BytesIO first cost ~1.6x (its growth
         # copies, then the write), measured on a tiny run's 37 MB checkpoints.
-        write_atomic(path, lambda f: save_without_crc32(checkpoint, f), sync=self.sync_each)
+        write_atomic(path, lambda f: torch.save(checkpoint, f), sync=self.sync_each)
         if not self.sync_each:
             self._unsynced[Path(path)] = None
 
