@@ -8,6 +8,7 @@ preprocessor against the ids the store holds.
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -239,6 +240,17 @@ def test_predict_ids_checks_shape_and_range(csv_bundle):
         predictor.predict_ids(bad)
     with pytest.raises(ValueError, match="expected shape"):
         predictor.predict_ids(ids[:, :2])
+
+
+def test_read_only_ids_score_without_a_warning(csv_bundle):
+    predictor, store, _ = csv_bundle
+    ids = np.array(store.ids("train")[:5])
+    frozen = ids.copy()
+    frozen.setflags(write=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # torch.from_numpy's "not writable" UserWarning fails it
+        got = predictor.predict_ids(frozen)
+    np.testing.assert_array_equal(got, predictor.predict_ids(ids))
 
 
 def test_fused_and_torch_backends_agree(csv_bundle):

@@ -144,6 +144,8 @@ class Predictor:
     def logits(self, ids: np.ndarray, check: bool = True) -> np.ndarray:
         """Logits float32 (n,) of field-local ids int (n, F); `check` validates shape and range."""
         ids = np.ascontiguousarray(ids, dtype=np.int32)
+        if not ids.flags.writeable:  # a memory-mapped store: torch.from_numpy warns on those
+            ids = ids.copy()
         if check:
             self._check_ids(ids)
         if len(ids) == 0:
