@@ -50,6 +50,7 @@ from typing import Any
 import libffm_peer
 import numpy as np
 import torch
+import torchfm_peer
 
 from cvr.metrics import binary_metrics
 from cvr.ops.manifest import write_json_atomic
@@ -186,10 +187,10 @@ def make_system(name: str, cards: list[int], args: argparse.Namespace):
         return step, score
 
     if name == "pytorch-fm":
-        np.long = np.int64  # torchfm uses the alias numpy 2 removed; this process only
-        from torchfm.model.ffm import FieldAwareFactorizationMachineModel
-
-        model = FieldAwareFactorizationMachineModel(cards, args.k)
+        model_type, why = torchfm_peer.model_class()
+        if model_type is None:
+            raise ModuleNotFoundError(why)
+        model = model_type(cards, args.k)
         opt = torch.optim.Adam(model.parameters(), lr=args.torchfm_lr)
 
         def step(x: np.ndarray, y: np.ndarray) -> float:

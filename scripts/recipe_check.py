@@ -12,7 +12,9 @@ outputs/cache), then:
 - **libffm** trains on the same train/val/test rows, written in its text format (global feature =
   field offset + the id the project's encoder gave, OOV bucket included), with its defaults
   (eta 0.2, lambda 2e-5, instance normalisation, 15 epochs) and again with `--auto-stop` on the
-  same validation rows.
+  same validation rows;
+- **pytorch-fm** (with `--pytorch-fm`, where `torchfm` is installed: `pip install --no-deps
+  torchfm`) trains its FFM on the same rows with the recipe of its example (`torchfm_peer.py`).
 
 `--also NAME:KEY=VALUE,KEY=VALUE` (repeatable; a list keeps its commas:
 `g:optimizer.lr_search.grid=[0.02,0.2]`) trains further cvr variants on the same rows in the same
@@ -40,6 +42,7 @@ from typing import Any
 
 import libffm_peer
 import numpy as np
+import torchfm_peer
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -244,6 +247,8 @@ def check(name: str, exe_dir: Path | None, args: argparse.Namespace, root: Path)
         with tempfile.TemporaryDirectory(dir=root) as work:
             variants = ("libffm-autostop",) if args.autostop_only else ("libffm", "libffm-autostop")
             row.update(run_libffm(exe_dir, store, Path(work), variants))
+    if args.pytorch_fm:
+        row["pytorch-fm"] = torchfm_peer.train_and_test(store, label, seed=0)
     row["loadavg_1m"] = os.getloadavg()[0]
     return row
 
@@ -262,7 +267,7 @@ def verdict(row: dict[str, Any]) -> str:
 
 def print_table(rows: list[dict[str, Any]]) -> None:
     variants = [k for k in rows[0] if k.startswith("cvr-") and k != "cvr-before"]
-    order = ("cvr-before", "cvr", *variants, "libffm", "libffm-autostop")
+    order = ("cvr-before", "cvr", *variants, "libffm", "libffm-autostop", "pytorch-fm")
     systems = [s for s in order if s in rows[0]]
     head = f"{'dataset':<14}{'rows':>9}{'F':>4}"
     for s in systems:
@@ -301,8 +306,16 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         action="store_true",
         help="run libffm with --auto-stop only (its 15-epoch run is long on 2M rows)",
     )
+    parser.add_argument(
+        "--pytorch-fm",
+        action="store_true",
+        help="also train pytorch-fm's FFM (its example's recipe) on the same rows",
+    )
     parser.add_argument("--out", help="write the rows here as JSON")
     args = parser.parse_args(argv)
+    missing = torchfm_peer.model_class()[1] if args.pytorch_fm else ""
+    if missing:
+        parser.error(f"--pytorch-fm: {missing} (pip install --no-deps torchfm)")
     names = args.datasets.split(",")
     unknown = [n for n in names if n not in DATASETS]
     if unknown:
