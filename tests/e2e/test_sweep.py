@@ -2,55 +2,8 @@
 
 import math
 import re
-from contextlib import ExitStack
 
 import mlflow
-import pytest
-
-from tests.helpers import TINY_DATA, script_in_background
-
-FAST = [
-    "trainer.max_epochs=1",
-    "datamodule.batch_size=512",
-    "trainer.enable_progress_bar=false",
-    "print_table=false",
-]
-SWEEPS = {
-    "two_by_two": ["model=fm,ffm", "embedding.dim=2,4", *TINY_DATA, *FAST],
-    "one_fails": [
-        "model=fm",
-        "embedding.dim=0,2",
-        *TINY_DATA,
-        *FAST,
-        # Only run states and messages are checked of this one: no profile, no bundle.
-        "callbacks.efficiency_profile.enabled=false",
-        "export_bundle=false",
-    ],
-}
-
-
-@pytest.fixture(scope="module")
-def sweep(tmp_path_factory, empty_mlflow_store):
-    """Both sweeps start at once, each `train.py -m` in its own output root (on 2 cores one
-    interpreter's start-up runs beside the other's); `sweep(name)` waits for that one and
-    returns (returncode, stdout, stderr, output root)."""
-    folders = {name: tmp_path_factory.mktemp(name) for name in SWEEPS}
-    with ExitStack() as running:
-        procs = {}
-        for name, args in SWEEPS.items():
-            root = folders[name] / "out"
-            empty_mlflow_store(root)
-            cmd = ["train.py", "-m", f"paths.output_root={root}", *args]
-            out, err = folders[name] / "stdout.txt", folders[name] / "stderr.txt"
-            procs[name] = running.enter_context(script_in_background(cmd, out, err))
-
-        def finished(name):
-            procs[name].wait(timeout=600)
-            folder = folders[name]
-            out, err = ((folder / f).read_text() for f in ("stdout.txt", "stderr.txt"))
-            return procs[name].returncode, out, err, folder / "out"
-
-        yield finished
 
 
 def runs_of(root):
@@ -59,8 +12,8 @@ def runs_of(root):
     return client.search_runs([experiment.experiment_id])
 
 
-def test_two_by_two_sweep_makes_one_parent_and_four_children(sweep):
-    returncode, _, stderr, root = sweep("two_by_two")
+def test_two_by_two_sweep_makes_one_parent_and_four_children(tiny_sweeps):
+    returncode, _, stderr, root = tiny_sweeps("two_by_two")
     assert returncode == 0, stderr[-3000:]
     runs = runs_of(root)
     parents = [r for r in runs if r.data.tags.get("sweep_role") == "parent"]
@@ -91,8 +44,8 @@ def test_two_by_two_sweep_makes_one_parent_and_four_children(sweep):
     assert len(combos) == 4
 
 
-def test_failed_job_is_marked_and_the_sweep_goes_on(sweep):
-    returncode, stdout, stderr, root = sweep("one_fails")
+def test_failed_job_is_marked_and_the_sweep_goes_on(tiny_sweeps):
+    returncode, stdout, stderr, root = tiny_sweeps("one_fails")
     runs = runs_of(root)
     children = {
         r.data.params.get("embedding.dim"): r

@@ -7,28 +7,16 @@ import nbformat
 import pytest
 from nbconvert.preprocessors import ExecutePreprocessor
 
-from tests.helpers import REPO, TINY_DATA, run_script
+from tests.helpers import REPO
 
 
 @pytest.mark.slow
-def test_tradeoffs_notebook_executes_on_a_tiny_sweep(tmp_path):
-    sweep = run_script(
-        [
-            "train.py",
-            "-m",
-            f"paths.output_root={tmp_path}",
-            "model=fm,ffm",
-            "embedding.dim=2,4",
-            *TINY_DATA,
-            "trainer.max_epochs=1",
-            "trainer.enable_progress_bar=false",
-            "print_table=false",
-        ]
-    )
-    assert sweep.returncode == 0, sweep.stderr[-3000:]
+def test_tradeoffs_notebook_executes_on_a_tiny_sweep(tiny_sweeps):
+    returncode, _, stderr, root = tiny_sweeps("two_by_two")  # fm, ffm x dim 2, 4 (conftest)
+    assert returncode == 0, stderr[-3000:]
     notebook = nbformat.read(REPO / "notebooks" / "tradeoffs.ipynb", as_version=4)
     env_before = dict(os.environ)
-    os.environ["CVR_TRACKING_URI"] = f"sqlite:///{tmp_path}/mlflow.db"
+    os.environ["CVR_TRACKING_URI"] = f"sqlite:///{root}/mlflow.db"
     os.environ["CVR_SWEEP"] = "latest"
     try:
         ExecutePreprocessor(timeout=300, kernel_name="python3").preprocess(
