@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -72,6 +73,34 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(tmp_path):
     assert metrics["train/global_step"] > last["global_step"]
     for key in ("val/auc", "test/auc", "test/logloss"):
         assert metrics[key] == pytest.approx(reference[key], abs=1e-6), key
+
+
+def test_a_run_resumed_after_its_best_epoch_still_tests_that_epoch(tmp_path):
+    # Every resume writes a new run folder, where Lightning's ModelCheckpoint forgot the best
+    # score: the first epoch after the resume became the best, worse or not.
+    args = [
+        "data=synthetic",
+        "data.rows_train=5000",
+        "data.rows_val=1000",
+        "data.rows_test=1000",
+        "optimizer.lr=0.02",
+        "logger=none",
+        "export_bundle=false",
+        "callbacks.efficiency_profile.enabled=false",
+        "trainer.enable_progress_bar=false",
+        "print_table=false",
+    ]
+    done = train(compose_train(tmp_path, args))
+    assert (
+        done["train/stopped_early"] == 1.0 and done["train/best_epoch"] < done["train/epochs_run"]
+    )
+    again = compose_train(tmp_path, [*args, "resume=true"])
+    resumed = train(again)
+    info = json.loads((Path(again.paths.output_dir) / "run_info.json").read_text())
+    assert info["resumed_from"]
+    assert resumed["train/best_epoch"] == done["train/best_epoch"]
+    for key in ("val/best/auc", "test/auc", "test/logloss"):
+        assert resumed[key] == pytest.approx(done[key], abs=1e-9), key
 
 
 def test_unsynced_checkpoints_are_fsynced_when_the_stage_ends(tmp_path, monkeypatch):

@@ -336,8 +336,11 @@ def resumed_search(checkpoint: Path, grid: list[float]) -> SearchResult | None:
 
 def discard_checkpoints(trainer: L.Trainer) -> None:
     """Remove the checkpoints `trainer`'s checkpoint callbacks hold (a run that is not the
-    model: resume and test must never find them); nothing else in their folders."""
+    model: resume and test must never find them); nothing else in their folders, and nothing
+    outside them (a resumed run's callback may hold the earlier run's best)."""
     for callback in trainer.checkpoint_callbacks:
         held = {*callback.best_k_models, callback.best_model_path, callback.last_model_path}
+        folder = Path(callback.dirpath).absolute() if callback.dirpath else None
         for path in filter(None, held):
-            Path(path).unlink(missing_ok=True)
+            if folder is not None and folder in Path(path).absolute().parents:
+                Path(path).unlink(missing_ok=True)
