@@ -74,6 +74,14 @@ def _check_number(key: str, value: Any, kind: type, low: float | None, nullable:
         raise ConfigError(f"{key}: expected {noun}{bound}{null}, got {value!r}")
 
 
+def check_numbers(cfg: DictConfig, keys: tuple[str, ...]) -> None:
+    """The checks of `check_config` for these numeric keys alone (those `cfg` has)."""
+    for key in keys:
+        value = _value(cfg, key)
+        if value is not _MISSING:
+            _check_number(key, value, *_NUMBERS[key])
+
+
 def check_output_root(root: Any, key: str = "paths.output_root") -> None:
     """A folder that exists and can be written, or can be created; ConfigError otherwise."""
     path = Path(str(root))
@@ -90,10 +98,7 @@ def check_output_root(root: Any, key: str = "paths.output_root") -> None:
 
 def check_config(cfg: DictConfig) -> None:
     """Raise ConfigError for the first value in `cfg` that cannot work (see the module doc)."""
-    for key, (kind, low, nullable) in _NUMBERS.items():
-        value = _value(cfg, key)
-        if value is not _MISSING:
-            _check_number(key, value, kind, low, nullable)
+    check_numbers(cfg, tuple(_NUMBERS))
     for name in _FRACTION_OR_COUNT:
         key = f"trainer.{name}"
         value = _value(cfg, key)

@@ -32,6 +32,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from cvr.data.funnel_batches import train_rows
 from cvr.data.store import EncodedStore
 from cvr.models import registry
+from cvr.pipelines.config_check import check_numbers
 from cvr.pipelines.errors import ConfigError
 from cvr.tasks import Task, TaskError, make_task, task_of_label
 
@@ -160,12 +161,6 @@ def batch_for_steps(rows: int, steps_per_epoch: int, min_batch: int, max_batch: 
     return max(min_batch, min(max_batch, math.ceil(rows / steps_per_epoch)))
 
 
-def _positive_int(key: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"datamodule.{key}: expected an integer >= 1, got {value!r}")
-    return value
-
-
 def with_steps_per_epoch(cfg: DictConfig, store: EncodedStore, task: Task | None) -> DictConfig:
     """`cfg` with datamodule.batch_size from datamodule.steps_per_epoch and the rows this run
     trains on (the module doc), logged, and the rule's keys removed from `datamodule` (what is
@@ -184,9 +179,8 @@ def with_steps_per_epoch(cfg: DictConfig, store: EncodedStore, task: Task | None
             out.datamodule.pop(key, None)
     if steps is None:
         return out
-    steps = _positive_int("steps_per_epoch", steps)
-    floor = _positive_int("min_batch_size", node.get("min_batch_size", 1))
-    ceiling = _positive_int("batch_size", node.get("batch_size"))
+    check_numbers(cfg, tuple(f"datamodule.{k}" for k in (*BATCH_RULE_KEYS, "batch_size")))
+    floor, ceiling = node.get("min_batch_size", 1), node.get("batch_size")
     if floor > ceiling:
         raise ConfigError(
             f"datamodule.min_batch_size={floor} is above datamodule.batch_size={ceiling}, the "
