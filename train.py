@@ -7,15 +7,16 @@ from cvr.startup import (
     exit_without_teardown,
     freeze_before_exit,
     imports_without_gc,
-    torchmetrics_without_scipy,
+    torchmetrics_without_scipy_or_matplotlib,
 )
 from cvr.tracking.tracker import prestart
 
 if __name__ == "__main__":  # (not for `import train`: a test or notebook that trains calls train())
     # MLflow's import and store open run in a tracking process meanwhile (cvr.tracking.tracker).
     prestart(sys.argv[1:])
-# torch + Lightning: ~400k objects the collector would walk, and scipy that nothing here calls
-with imports_without_gc(), torchmetrics_without_scipy():  # (cvr/startup.py)
+# torch + Lightning: ~400k objects the collector would walk; scipy and pyplot, which nothing
+# here calls
+with imports_without_gc(), torchmetrics_without_scipy_or_matplotlib():  # (cvr/startup.py)
     import hydra
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode

@@ -103,22 +103,43 @@ def test_exit_without_teardown_runs_exit_handlers_and_flushes_then_exits_with_th
     assert result.stdout == "buffered, no newlinehandler ran\n"
 
 
-def test_torchmetrics_without_scipy_keeps_scipy_signal_out_of_lightnings_import_only():
+def test_torchmetrics_without_scipy_or_matplotlib_keeps_both_out_of_lightnings_import_only():
     import subprocess
 
     code = (
         "import sys\n"
-        "from cvr.startup import torchmetrics_without_scipy\n"
+        "from cvr.startup import torchmetrics_without_scipy_or_matplotlib\n"
         "from lightning_utilities.core import imports\n"
         "before = imports.package_available\n"
-        "with torchmetrics_without_scipy():\n"
+        "with torchmetrics_without_scipy_or_matplotlib():\n"
         "    import lightning.pytorch, torchmetrics\n"
         "assert 'torchmetrics' in sys.modules and 'scipy.signal' not in sys.modules\n"
+        "assert 'matplotlib' not in sys.modules\n"
         "assert imports.package_available is before and imports.package_available('scipy')\n"
         "assert not any(type(f).__name__ == '_AfterExec' for f in sys.meta_path)\n"
         "import scipy.signal\n"  # a later import is a plain one
         "print(scipy.signal.windows.hamming(3).shape)\n"
+        "import matplotlib.pyplot\n"
+        "print(matplotlib.pyplot.figure().get_size_inches().shape)\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
-    assert result.stdout == "(3,)\n"
+    assert result.stdout == "(3,)\n(2,)\n"
+
+
+def test_the_training_entry_imports_neither_matplotlib_nor_scipy_signal():
+    # The training process draws no plots (the tracking process does) and calls no scipy: each
+    # was ~0.6-1.5 s of a tiny run's imports (cvr.startup, cvr.tracking.plots).
+    import subprocess
+    from pathlib import Path
+
+    code = (
+        "import sys, train\n"
+        "print(sorted(m for m in ('matplotlib', 'scipy.signal') if m in sys.modules))\n"
+    )
+    root = Path(__file__).resolve().parents[1]
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=root, capture_output=True, text=True
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "[]\n"

@@ -18,11 +18,14 @@ functions that never become garbage.
 - `freeze_before_exit()`: the same for what the run imported later, so interpreter teardown does
   not walk it again. Reference counting still frees memory as usual; only cycles among frozen
   objects are never collected, and the process is about to end.
-- `torchmetrics_without_scipy()`: Lightning imports torchmetrics, whose `__init__` and audio
-  metrics import `scipy.signal` (and with it scipy.stats, .interpolate, .optimize...) only to
-  patch a name for an audio metric: ~1.5 s of a tiny run's ~5 s of imports, for nothing this
-  project calls (no torchmetrics audio metric, no scipy). Inside the block torchmetrics sees no
-  scipy; a later `import scipy` works as usual.
+- `torchmetrics_without_scipy_or_matplotlib()`: Lightning imports torchmetrics, whose `__init__`
+  and audio metrics import `scipy.signal` (and with it scipy.stats, .interpolate, .optimize...)
+  only to patch a name for an audio metric (~1.5 s of a tiny run's ~5 s of imports), and whose
+  plot helpers import `matplotlib.pyplot` for `Metric.plot` (~0.6 s): nothing this project calls
+  (no torchmetrics audio metric, no scipy; the run's own plots are drawn by the tracking process,
+  cvr.tracking). Inside the block torchmetrics sees neither; a later `import scipy` or
+  `import matplotlib` works as usual, while `Metric.plot` in that process says matplotlib is
+  missing.
 - `exit_without_teardown(code)`: after a run that succeeded, the exit handlers (`atexit`: logging's
   flush and close, the tracking process's stop, ...) and a flush of stdout/stderr, then
   `os._exit`: tearing down torch, Lightning and their ~400k objects module by module took a
@@ -85,8 +88,8 @@ class _AfterExec(importlib.abc.MetaPathFinder):
 
 
 @contextlib.contextmanager
-def torchmetrics_without_scipy() -> Iterator[None]:
-    """torchmetrics, imported inside the block, skips its `import scipy.signal` (docstring)."""
+def torchmetrics_without_scipy_or_matplotlib() -> Iterator[None]:
+    """torchmetrics, imported inside the block, skips scipy.signal and pyplot (docstring)."""
     if "torchmetrics" in sys.modules:
         yield
         return
@@ -98,11 +101,12 @@ def torchmetrics_without_scipy() -> Iterator[None]:
     available = requirements.package_available  # what torchmetrics/__init__ asks
     requirements.package_available = lambda name: name != "scipy" and available(name)
 
-    def no_scipy(module: ModuleType) -> None:  # what torchmetrics.functional.audio asks
-        if hasattr(module, "_SCIPI_AVAILABLE"):
-            module._SCIPI_AVAILABLE = False
+    def neither(module: ModuleType) -> None:  # what .functional.audio and .utilities.plot ask
+        for flag in ("_SCIPI_AVAILABLE", "_MATPLOTLIB_AVAILABLE"):
+            if hasattr(module, flag):
+                setattr(module, flag, False)
 
-    hook = _AfterExec("torchmetrics.utilities.imports", no_scipy)
+    hook = _AfterExec("torchmetrics.utilities.imports", neither)
     sys.meta_path.insert(0, hook)
     try:
         yield

@@ -20,9 +20,10 @@ import re
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-# Figure objects render straight to files: no pyplot state and no display needed.
-from matplotlib.figure import Figure
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 History = Sequence[tuple[int, float]]
 PLOTS = "plots"
@@ -34,6 +35,18 @@ _TOTAL_BYTES = re.compile(r"^eff/(?:(?P<precision>[a-z0-9]+)/)?embedding_bytes$"
 #: Fixed margins (fractions of the figure) instead of `tight_layout`, which measured every tick
 #: label once more before drawing: half of a run's plotting time (~0.5 s of 1 s, tiny run).
 _MARGINS = {"left": 0.13, "right": 0.97, "bottom": 0.13, "top": 0.9}
+
+
+def _figure(width: float, height: float) -> Figure:
+    """A Figure that renders straight to files: no pyplot state and no display needed.
+
+    matplotlib is imported here, not with the module: the training process imports this module
+    (through cvr.tracking.training_run) but draws nothing when the tracking process does, and
+    matplotlib.figure is ~0.7 s of a tiny run's imports.
+    """
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height))
 
 
 def _save(fig: Figure, path: Path, **margins: float) -> Path:
@@ -67,7 +80,7 @@ def plot_learning_curve(
 ) -> Path:
     """Two panels over epochs: val/auc; val/logloss and train/loss. oracle: {'auc', 'logloss'}."""
     oracle = oracle or {}
-    fig = Figure(figsize=(9, 3.6))
+    fig = _figure(9, 3.6)
     ax_auc, ax_loss = fig.subplots(1, 2)
     for ax, names, ref, ylabel in (
         (ax_auc, ("val/auc",), oracle.get("auc"), "AUC"),
@@ -106,7 +119,7 @@ def plot_latency(summary: Mapping[str, float], path: str | Path, title: str = ""
     table = latency_table(summary)
     if not table:
         return None
-    fig = Figure(figsize=(6, 4))
+    fig = _figure(6, 4)
     ax = fig.subplots()
     styles = {"p50": "-", "p95": ":", "p99": "--"}
     for precision, quantiles in sorted(table.items()):
@@ -151,7 +164,7 @@ def plot_memory(summary: Mapping[str, float], path: str | Path, title: str = "")
     # The trained (float) model first, then its quantized copies.
     precisions = sorted(table, key=lambda p: (p != "float", p))
     names = sorted({t for parts in table.values() for t in parts})
-    fig = Figure(figsize=(6, 4))
+    fig = _figure(6, 4)
     ax = fig.subplots()
     bottom = [0.0] * len(precisions)
     for name in names:

@@ -193,7 +193,8 @@ def warm_up() -> None:
     import mlflow.store.tracking.sqlalchemy_store
     import mlflow.tracking  # noqa: F401
 
-    calls()  # the registry's modules, plots (matplotlib) among them
+    calls()  # the registry's modules
+    # matplotlib is imported by the first drawing (cvr.tracking.plots)
     from cvr.tracking.plots import warm_up_drawing
 
     warm_up_drawing()  # first drawings are slow: now, not while a run waits for its plots
