@@ -30,6 +30,7 @@ def make_run(
     private_dim=4,
     epochs=(3, 4),
     max_epochs=20,
+    batch=250,
 ):
     folder = root / name
     (folder / ".hydra").mkdir(parents=True)
@@ -50,6 +51,8 @@ def make_run(
         "train/best_epoch": float(epochs[0]),
         "train/epochs_run": float(epochs[1]),
         "train/max_epochs": float(max_epochs),
+        "train/batch_size": float(batch),
+        "train/weight_decay": 1e-5 if task == "esmm" else 2e-4,
     }
     (folder / "metrics.json").write_text(json.dumps(metrics))
 
@@ -124,3 +127,21 @@ def test_the_plot_draws_every_arm_even_one_worse_than_chance(tmp_path):
         "ESMM (fully shared)",
     ]
     assert (tmp_path / "p.png").stat().st_size > 0
+
+
+def test_cells_show_each_arms_batch_and_decay_and_a_mixed_cell_lists_both(tmp_path):
+    """The verdict moved with the batch each arm got (README "The CVR study"): every cell says
+    which batch and weight decay its runs trained with, all of them where its seeds differ."""
+    make_run(tmp_path, "esmm0", "esmm", 0, 0.62, 0.60, batch=2048)
+    make_run(tmp_path, "esmm1", "esmm", 1, 0.62, 0.60, batch=250)
+    for seed in (0, 1):
+        make_run(tmp_path, f"cvr{seed}", "cvr", seed, 0.60, 0.60)
+    table = summarize(load_study_runs([tmp_path]))
+    cells = table.set_index("arm")
+    assert cells.loc["ESMM", "batch"] == "250,2048"
+    assert cells.loc["naive CVR", "batch"] == "250"
+    assert cells.loc["ESMM", "weight_decay"] == "1e-05"
+    assert cells.loc["naive CVR", "weight_decay"] == "0.0002"
+    (line,) = acceptance(table)
+    assert "(2/2 seeds, batch 250,2048/250)" in line
+    assert "| 250,2048 | 1e-05 |" in markdown_table(table)

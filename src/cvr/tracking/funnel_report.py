@@ -72,6 +72,10 @@ def read_run(folder: Path) -> dict | None:
         "epochs_run": metrics.get("train/epochs_run"),
         "best_epoch": metrics.get("train/best_epoch"),
         "max_epochs": metrics.get("train/max_epochs"),
+        # The study's rules give each arm its own batch and decay (cvr/pipelines/funnel.py), and
+        # the verdict moved with the batch: the table says what each arm trained with.
+        "batch": metrics.get("train/batch_size"),
+        "weight_decay": metrics.get("train/weight_decay"),
     }
     row.update({m: metrics.get(f"test/{m}", np.nan) for m in METRICS})
     return row
@@ -102,7 +106,15 @@ def summarize(runs: pd.DataFrame) -> pd.DataFrame:
     # a run the cap ended had not stopped improving, so its cell is no verdict on the arm.
     out["epochs"] = grouped.apply(_epochs, include_groups=False)
     out["capped"] = grouped.apply(_capped, include_groups=False).astype(int)
+    out["batch"] = grouped["batch"].agg(_distinct)
+    out["weight_decay"] = grouped["weight_decay"].agg(_distinct)
     return out.reset_index()
+
+
+def _distinct(values: pd.Series) -> str:
+    """The distinct values of a column over a cell's seeds, `,`-joined ('?' where unrecorded)."""
+    known = sorted({float(v) for v in pd.to_numeric(values, errors="coerce").dropna()})
+    return ",".join(f"{v:g}" for v in known) or "?"
 
 
 def _epochs(runs: pd.DataFrame) -> str:
@@ -139,6 +151,7 @@ def acceptance(table: pd.DataFrame) -> list[str]:
             verdict = "beats" if diff > spread else "worse" if diff < -spread else "within spread"
             parts.append(f"{metric} {diff:+.4f} (spread {spread:.4f}: {verdict})")
         seeds = f"{int(esmm['seeds'])}/{int(naive['seeds'])} seeds"
+        batches = f"batch {esmm['batch']}/{naive['batch']}"
         capped = int(esmm["capped"]) + int(naive["capped"])
         if capped:
             parts.append(
@@ -146,7 +159,7 @@ def acceptance(table: pd.DataFrame) -> list[str]:
             )
         dataset, bias, rows, tower = key
         lines.append(
-            f"{dataset} bias={bias} rows={rows} {tower} ({seeds}): ESMM - naive CVR: "
+            f"{dataset} bias={bias} rows={rows} {tower} ({seeds}, {batches}): ESMM - naive CVR: "
             + "; ".join(parts)
         )
     return lines
@@ -155,7 +168,7 @@ def acceptance(table: pd.DataFrame) -> list[str]:
 def markdown_table(table: pd.DataFrame) -> str:
     cols = ["dataset", "bias", "rows_train", "tower", "arm", "backend", "seeds"]
     header = [*cols, "cvr_auc_all", "oracle", "gap", "cvr_auc_clicked", "ctcvr_auc", "ctr_auc"]
-    header += ["best/run epochs", "at cap"]
+    header += ["batch", "weight decay", "best/run epochs", "at cap"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
 
     def cell(row, metric):
@@ -173,6 +186,8 @@ def markdown_table(table: pd.DataFrame) -> str:
             cell(row, "cvr_auc_clicked"),
             cell(row, "ctcvr_auc"),
             cell(row, "ctr_auc"),
+            row["batch"],
+            row["weight_decay"],
             row["epochs"],
             f"**{row['capped']}**" if row["capped"] else "0",
         ]
