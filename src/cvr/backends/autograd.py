@@ -3,7 +3,9 @@ any embedding variant, correct under DDP (gradients are all-reduced by the backw
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+import inspect
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -23,6 +25,41 @@ def split_sparse_parameters(model: nn.Module) -> tuple[list[nn.Parameter], list[
     return sparse, dense
 
 
+#: Devices where torch's optimisers have a fused implementation.
+_FUSED_DEVICES = ("cpu", "cuda")
+
+
+def make_optimizer(
+    factory: Callable[..., torch.optim.Optimizer],
+    params: list[nn.Parameter],
+    lr: float,
+    sparse_grads: bool,
+) -> torch.optim.Optimizer:
+    """`factory(params, lr=lr)`, in torch's fused implementation where it has one for them.
+
+    torch's default on the CPU is its per-tensor loop (several passes over every table per step,
+    an intermediate tensor each); the fused kernel is one pass. Measured on ESMM's FFM towers at
+    the CVR study's shape (3 tables of 40k x 32 floats, batch 250, one thread): a training step
+    21.6 -> 12.7 ms; FM towers 9.8 -> 7.9 ms. Results agree to float32 rounding, not bit for bit
+    (the study's naive FM run: test cvr_auc_clicked equal to 2e-7). Not used where torch has
+    none: sparse gradients, optimisers without `fused` (SparseAdam), non-float parameters or
+    other devices, or where the config already chose `fused` or `foreach`.
+    """
+    target = factory.func if isinstance(factory, functools.partial) else factory
+    chosen = factory.keywords if isinstance(factory, functools.partial) else {}
+    try:
+        takes_fused = "fused" in inspect.signature(target).parameters
+    except (TypeError, ValueError):  # no signature to read: call it as it is
+        takes_fused = False
+    fusable = (
+        takes_fused
+        and not sparse_grads
+        and not {"fused", "foreach"} & set(chosen)
+        and all(p.dtype.is_floating_point and p.device.type in _FUSED_DEVICES for p in params)
+    )
+    return factory(params, lr=lr, fused=True) if fusable else factory(params, lr=lr)
+
+
 class AutogradBackend(TrainingBackend):
     name = "autograd"
 
@@ -36,9 +73,10 @@ class AutogradBackend(TrainingBackend):
             if sparse and opt.sparse is not None:
                 self._optimizers = [opt.sparse(sparse, lr=lr)]
                 if dense:
-                    self._optimizers.append(opt.dense(dense, lr=lr))
+                    self._optimizers.append(make_optimizer(opt.dense, dense, lr, False))
             else:
-                self._optimizers = [opt.dense(list(self.model.parameters()), lr=lr)]
+                params = list(self.model.parameters())
+                self._optimizers = [make_optimizer(opt.dense, params, lr, bool(sparse))]
         return self._optimizers
 
     def train_batch(
