@@ -95,3 +95,45 @@ def script_in_background(
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
+
+
+def sigkill_mid_first_epoch(
+    cmd: list[str], output_root: Path, before_batch: int, process_group: bool = False
+) -> dict | None:
+    """Start `cmd` (a train.py run writing under output_root) and SIGKILL it once its last.ckpt
+    is part-way through the first epoch (0 < batches_in_epoch < before_batch); the state of that
+    checkpoint, or None if the run ended first. process_group: the run gets its own process
+    group and the kill reaches all of it (a DDP launch: rank 0 and the rank it started)."""
+    import time
+
+    import torch
+
+    proc = subprocess.Popen(
+        cmd,
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=process_group,
+    )
+    deadline = time.time() + 300
+    caught = None
+    while time.time() < deadline and proc.poll() is None:
+        for ckpt in (output_root / "runs").glob("*/checkpoints/last.ckpt"):
+            try:
+                state = torch.load(ckpt, map_location="cpu", weights_only=True)
+            except (OSError, RuntimeError, EOFError):  # re-pointed or replaced while read
+                continue
+            if state["epoch"] == 0 and 0 < state["batches_in_epoch"] < before_batch:
+                if process_group:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                else:
+                    os.kill(proc.pid, signal.SIGKILL)
+                caught = state
+                break
+        if caught is not None:
+            break
+        time.sleep(0.05)
+    proc.wait(timeout=60)
+    if caught is not None:
+        assert proc.returncode == -signal.SIGKILL, proc.returncode
+    return caught

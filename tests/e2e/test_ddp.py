@@ -9,18 +9,14 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
-import torch
 
 from cvr.pipelines.train import train as train_in_process
-from tests.helpers import REPO, compose_train, script_in_background
+from tests.helpers import REPO, compose_train, script_in_background, sigkill_mid_first_epoch
 
 # At the same global batch, 2 processes make the same updates as 1, up to the order of float
 # sums: at 200k rows and 2 epochs val AUC agreed to 1e-8 and the parameter checksums to 2e-7
@@ -184,28 +180,7 @@ def test_ddp_sigkill_mid_epoch_then_resume_matches_uninterrupted(tmp_path):
             "checkpoint_every_n_steps=5",
         ]
         # Its own process group: kill -9 reaches rank 0 and the rank it launched at once.
-        proc = subprocess.Popen(
-            cmd,
-            cwd=REPO,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        deadline = time.time() + 300
-        last = None
-        while time.time() < deadline and proc.poll() is None:
-            found = list((crash_root / "runs").glob("*/checkpoints/last.ckpt"))
-            if found:
-                try:
-                    state = torch.load(found[0], map_location="cpu", weights_only=False)
-                except Exception:  # caught mid-write: look again
-                    state = None
-                if state and 0 < state["batches_in_epoch"] < 70 and state["epoch"] == 0:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                    last = state
-                    break
-            time.sleep(0.05)
-        proc.wait(timeout=60)
+        last = sigkill_mid_first_epoch(cmd, crash_root, before_batch=70, process_group=True)
         if last is None:
             pytest.skip("training finished before a mid-epoch checkpoint could be caught")
         resumed = train(crash_root, [*RESUME, "resume=true"])  # beside the reference's end

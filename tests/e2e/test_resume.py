@@ -2,17 +2,14 @@
 
 import json
 import os
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 
 from cvr.pipelines.train import train
-from tests.helpers import REPO, TINY_DATA, compose_train
+from tests.helpers import TINY_DATA, compose_train, sigkill_mid_first_epoch
 
 ARGS = [
     *TINY_DATA,
@@ -47,23 +44,9 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(tmp_path):
         *ARGS,
         "checkpoint_every_n_steps=5",
     ]
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    last = None
-    while time.time() < deadline and proc.poll() is None:
-        found = list((crash_root / "runs").glob("*/checkpoints/last.ckpt"))
-        if found:
-            state = torch.load(found[0], map_location="cpu", weights_only=True)
-            # Kill once a checkpoint exists that is part-way through the first epoch.
-            if 0 < state["batches_in_epoch"] < 78 and state["epoch"] == 0:
-                os.kill(proc.pid, signal.SIGKILL)
-                last = state
-                break
-        time.sleep(0.05)
-    proc.wait(timeout=60)
+    last = sigkill_mid_first_epoch(cmd, crash_root, before_batch=78)
     if last is None:
         pytest.skip("training finished before a mid-epoch checkpoint could be caught")
-    assert proc.returncode == -signal.SIGKILL
 
     metrics = train(compose_train(crash_root, [*ARGS, "resume=true"]))
     run_dir = only_run_dir(crash_root)
