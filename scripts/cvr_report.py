@@ -14,6 +14,7 @@ import sys
 
 from cvr.tracking.funnel_report import (
     acceptance,
+    bias_effects,
     load_study_runs,
     markdown_table,
     summarize,
@@ -34,6 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     print(markdown_table(table))
     print()
     for line in acceptance(table):
+        print(line)
+    for line in bias_effects(table):
         print(line)
     paths = write_report(runs, args.out)
     print(f"\n{len(runs)} runs; wrote {', '.join(str(p) for p in paths.values())}")

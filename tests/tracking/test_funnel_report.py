@@ -10,6 +10,7 @@ import yaml
 
 from cvr.tracking.funnel_report import (
     acceptance,
+    bias_effects,
     load_study_runs,
     markdown_table,
     plot_metric,
@@ -145,3 +146,19 @@ def test_cells_show_each_arms_batch_and_decay_and_a_mixed_cell_lists_both(tmp_pa
     (line,) = acceptance(table)
     assert "(2/2 seeds, batch 250,2048/250)" in line
     assert "| 250,2048 | 1e-05 |" in markdown_table(table)
+
+
+def test_the_bias_effect_is_the_margin_at_the_bias_minus_the_margin_without_it(tmp_path):
+    # bias 0: ESMM 0.70/0.71 vs naive 0.69/0.69 -> +0.015 (spreads 0.01, 0); bias 0.8: ESMM
+    # 0.66/0.66 vs naive 0.63/0.64 -> +0.025 (spreads 0, 0.01): the bias adds +0.010.
+    values = {0.0: ((0.70, 0.71), (0.69, 0.69)), 0.8: ((0.66, 0.66), (0.63, 0.64))}
+    for bias, (esmm, naive) in values.items():
+        for seed in (0, 1):
+            make_run(tmp_path, f"e{bias}{seed}", "esmm", seed, esmm[seed], 0.6, bias=bias)
+            make_run(tmp_path, f"c{bias}{seed}", "cvr", seed, naive[seed], 0.6, bias=bias)
+    make_run(tmp_path, "lonely", "esmm", 0, 0.6, 0.6, bias=0.5)  # no naive arm: no line
+    (line,) = bias_effects(summarize(load_study_runs([tmp_path])))
+    assert "+0.0250 at bias=0.8, +0.0150 at bias=0.0: the bias adds +0.0100" in line
+    assert "(spreads 0.0100 + 0.0100 = 0.0200)" in line
+    paths = write_report(load_study_runs([tmp_path]), tmp_path / "report")
+    assert "the bias adds +0.0100" in paths["report.md"].read_text()

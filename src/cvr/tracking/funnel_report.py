@@ -3,6 +3,7 @@
     runs = load_study_runs(["outputs/multirun/<sweep>", "outputs/cvr_study"])
     table = summarize(runs)                 # one row per (bias, rows, tower, arm): mean, spread
     verdicts = acceptance(table)            # ESMM vs naive CVR per cell, against the spread
+    effects = bias_effects(table)           # how much that margin grows with the bias
     write_report(runs, "outputs/report/cvr_study")
 
 A run folder is any folder with `metrics.json` and Hydra's `.hydra/config.yaml` (a sweep's job
@@ -165,6 +166,35 @@ def acceptance(table: pd.DataFrame) -> list[str]:
     return lines
 
 
+def bias_effects(table: pd.DataFrame, metric: str = "cvr_auc_all") -> list[str]:
+    """Per (dataset, rows, tower) with ESMM and naive CVR at bias 0 and at a bias > 0: how much
+    ESMM's margin over naive CVR grows with the bias (margin at the bias minus margin at 0).
+
+    At bias 0 the margin is what ESMM gains or loses for other reasons (20x the rows and a CTR
+    task sharing its table; a different stopping epoch), so the difference is the part of the
+    margin the selection bias accounts for. Set against the sum of the two cells' spreads (each
+    the larger of its arms' max - min over seeds)."""
+    margins = {}
+    for key, cell in table.groupby(["dataset", "rows_train", "tower", "bias"], dropna=False):
+        arms = cell.set_index("arm")
+        if {"ESMM", "naive CVR"} <= set(arms.index):
+            esmm, naive = arms.loc["ESMM"], arms.loc["naive CVR"]
+            spread = max(esmm[f"{metric}_spread"], naive[f"{metric}_spread"])
+            margins[key] = (esmm[metric] - naive[metric], spread)
+    lines = []
+    for (dataset, rows, tower, bias), (margin, spread) in sorted(margins.items(), key=str):
+        unbiased = margins.get((dataset, rows, tower, 0.0))
+        if not bias or unbiased is None:
+            continue
+        effect, both = margin - unbiased[0], spread + unbiased[1]
+        lines.append(
+            f"{dataset} rows={rows} {tower}: ESMM - naive CVR {metric} {margin:+.4f} at "
+            f"bias={bias}, {unbiased[0]:+.4f} at bias=0.0: the bias adds {effect:+.4f} "
+            f"(spreads {spread:.4f} + {unbiased[1]:.4f} = {both:.4f})"
+        )
+    return lines
+
+
 def markdown_table(table: pd.DataFrame) -> str:
     cols = ["dataset", "bias", "rows_train", "tower", "arm", "backend", "seeds"]
     header = [*cols, "cvr_auc_all", "oracle", "gap", "cvr_auc_clicked", "ctcvr_auc", "ctr_auc"]
@@ -251,6 +281,9 @@ def write_report(runs: pd.DataFrame, out_dir: str | Path) -> dict[str, Path]:
     text = ["# CVR study", "", "Test split; ± is half the max-min spread over seeds.", ""]
     text += [markdown_table(table), "", "## ESMM vs naive CVR", ""]
     text += [f"- {line}" for line in verdicts] or ["- (no cell has both arms)"]
+    effects = bias_effects(table)
+    text += ["", "## What the bias adds to ESMM's margin", ""] if effects else []
+    text += [f"- {line}" for line in effects]
     paths["report.md"].write_text("\n".join(text) + "\n")
     for metric in ("cvr_auc_all", "ctcvr_auc"):
         plot = out / f"{metric}.png"
