@@ -37,6 +37,8 @@ bench: setup
 	$(PY) scripts/bench_data.py --out outputs/bench/data.json
 	# A tiny run's start-up: imports, phases, and the torch + Lightning floor.
 	$(PY) scripts/bench_startup.py --phases --out outputs/bench/startup.json
+	# The autograd backend's fused torch AdaGrad vs torch's CPU loop, ESMM at the CVR study's shape.
+	$(PY) scripts/bench_optim.py --out outputs/bench/optim.json
 	# One process vs two DDP processes (gloo), same rows and global batch.
 	$(PY) scripts/bench_ddp.py --out outputs/bench/ddp.json
 	# Predictor latency on the bundle of a 50k-row run (model-only vs raw records end to end).
