@@ -133,19 +133,32 @@ def _capped(runs: pd.DataFrame) -> int:
     return int((epochs >= cap).sum())
 
 
+def _esmm_and_naive(cell: pd.DataFrame) -> tuple[pd.Series, pd.Series] | None:
+    """The ESMM and naive CVR rows of one cell of the summary, or None if it lacks either."""
+    arms = cell.set_index("arm")
+    if not {"ESMM", "naive CVR"} <= set(arms.index):
+        return None
+    return arms.loc["ESMM"], arms.loc["naive CVR"]
+
+
+def _margin(esmm: pd.Series, naive: pd.Series, metric: str) -> tuple[float, float]:
+    """(ESMM - naive CVR on `metric`, the larger of the two arms' spreads)."""
+    spread = max(esmm[f"{metric}_spread"], naive[f"{metric}_spread"])
+    return esmm[metric] - naive[metric], spread
+
+
 def acceptance(table: pd.DataFrame) -> list[str]:
     """Per (dataset, bias, rows, tower) with both arms: ESMM's cvr_auc_all and cvr_auc_clicked
     against naive CVR's, each difference set against the larger of the two spreads."""
     lines = []
     for key, cell in table.groupby(["dataset", "bias", "rows_train", "tower"], dropna=False):
-        arms = cell.set_index("arm")
-        if not {"ESMM", "naive CVR"} <= set(arms.index):
+        arms = _esmm_and_naive(cell)
+        if arms is None:
             continue
-        esmm, naive = arms.loc["ESMM"], arms.loc["naive CVR"]
+        esmm, naive = arms
         parts = []
         for metric in ("cvr_auc_all", "cvr_auc_clicked"):
-            diff = esmm[metric] - naive[metric]
-            spread = max(esmm[f"{metric}_spread"], naive[f"{metric}_spread"])
+            diff, spread = _margin(esmm, naive, metric)
             if min(esmm["seeds"], naive["seeds"]) < 2:
                 parts.append(f"{metric} {diff:+.4f} (one seed: no spread to judge by)")
                 continue
@@ -176,11 +189,9 @@ def bias_effects(table: pd.DataFrame, metric: str = "cvr_auc_all") -> list[str]:
     the larger of its arms' max - min over seeds)."""
     margins = {}
     for key, cell in table.groupby(["dataset", "rows_train", "tower", "bias"], dropna=False):
-        arms = cell.set_index("arm")
-        if {"ESMM", "naive CVR"} <= set(arms.index):
-            esmm, naive = arms.loc["ESMM"], arms.loc["naive CVR"]
-            spread = max(esmm[f"{metric}_spread"], naive[f"{metric}_spread"])
-            margins[key] = (esmm[metric] - naive[metric], spread)
+        arms = _esmm_and_naive(cell)
+        if arms is not None:
+            margins[key] = _margin(*arms, metric)
     lines = []
     for (dataset, rows, tower, bias), (margin, spread) in sorted(margins.items(), key=str):
         unbiased = margins.get((dataset, rows, tower, 0.0))
